@@ -1,0 +1,14 @@
+"""A drop-in Django database backend with a real per-process connection pool."""
+
+from .errors import PoolClosed, PoolTimeout
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["PoolClosed", "PoolTimeout", "pool_stats"]
+
+
+def pool_stats(alias: str = "default") -> dict:
+    """This process's figures for *alias*'s pool (empty gauges before first use)."""
+    from .registry import stats
+
+    return stats(alias)

@@ -1,0 +1,106 @@
+"""Reading ``DATABASES[alias]["POOL"]`` (or Django's ``OPTIONS["pool"]``) into a PoolConfig.
+
+One parser serves the backend, the system checks and the docs' error list, so a
+message reads the same wherever a user meets it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+from .core.config import ConfigError, PoolConfig
+
+#: psycopg_pool options (Django's built-in pool) that mean the same here.
+_SHARED_KEYS = ("min_size", "max_size", "timeout", "max_waiting", "max_lifetime", "max_idle")
+#: psycopg_pool options that have no effect with this pool and are accepted so a
+#: project moving from Django's pool only changes ENGINE.
+_IGNORED_KEYS = ("name", "num_workers", "reconnect_timeout", "open")
+
+
+def prepare(settings_dict: dict, alias: str) -> tuple[dict, PoolConfig | ImproperlyConfigured]:
+    """Return the settings the stock backend may see, and the pool config or the
+    error that explains why there is none.
+
+    The error is returned, not raised: Django builds wrappers while it imports
+    models, before ``manage.py check`` could report anything, so the backend
+    raises it only when a connection is first wanted.
+
+    ``OPTIONS["pool"]`` is always taken out (into ``POOL``) so the stock PostgreSQL
+    code, which would start its own psycopg_pool, never sees it. The user's dict is
+    not mutated; it is copied only when there is something to take out.
+    """
+    options = settings_dict.get("OPTIONS") or {}
+    if "pool" not in options:
+        where = f"DATABASES[{alias!r}]['POOL']"
+        return settings_dict, _parse(settings_dict.get("POOL"), where)
+    raw_pool = options["pool"]
+    stripped = {
+        **settings_dict,
+        "OPTIONS": {k: v for k, v in options.items() if k != "pool"},
+    }
+    if settings_dict.get("POOL") is not None:
+        return stripped, ImproperlyConfigured(
+            f"DATABASES[{alias!r}] sets both 'POOL' and OPTIONS['pool']; "
+            "django_poolbackend reads either one as the pool settings. "
+            "Keep only 'POOL'."
+        )
+    try:
+        stripped["POOL"] = _from_options_pool(alias, raw_pool)
+    except ImproperlyConfigured as exc:
+        return stripped, exc
+    return stripped, _parse(stripped["POOL"], f"DATABASES[{alias!r}]['OPTIONS']['pool']")
+
+
+def _parse(raw: Any, where: str) -> PoolConfig | ImproperlyConfigured:
+    if raw is None:
+        return PoolConfig()
+    try:
+        return PoolConfig.from_mapping(raw)
+    except ConfigError as exc:
+        return ImproperlyConfigured(describe(exc, where))
+
+
+def describe(exc: ConfigError, where: str) -> str:
+    if exc.key is None:
+        return f"{where} = {exc.value!r} is invalid: {exc.allowed}."
+    if exc.allowed.startswith("unknown key"):
+        return f"{where} has an unknown key {exc.key!r}: allowed keys are " + (
+            exc.allowed.split(": ", 1)[1] + "."
+        )
+    return f"{where}[{exc.key!r}] = {exc.value!r} is invalid: {exc.allowed}."
+
+
+def _from_options_pool(alias: str, raw: Any) -> dict:
+    if raw is True or raw is False or raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ImproperlyConfigured(
+            f"DATABASES[{alias!r}]['OPTIONS']['pool'] = {raw!r} is invalid: must be "
+            "True or a dict of pool settings."
+        )
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _SHARED_KEYS:
+            out[key] = value
+        elif key == "check":
+            # psycopg_pool's check runs at every checkout.
+            out["pre_ping"] = value is not None
+        elif key == "reset":
+            if value is not None:
+                out["reset"] = value
+        elif key in _IGNORED_KEYS:
+            continue
+        else:
+            raise ImproperlyConfigured(
+                f"DATABASES[{alias!r}]['OPTIONS']['pool'] has the key {key!r}, a "
+                "psycopg_pool option that django_poolbackend does not support. "
+                "Supported there: "
+                + ", ".join(_SHARED_KEYS + ("check", "reset"))
+                + "; ignored: "
+                + ", ".join(_IGNORED_KEYS)
+                + ". Prefer DATABASES[alias]['POOL'] for the full set of settings."
+            )
+    return out

@@ -1,0 +1,573 @@
+"""A thread-safe connection pool with a hard cap, LIFO reuse and FIFO hand-off.
+
+Design notes, because the checkout path is where every request pays:
+
+* One ``threading.Lock`` guards the pool's few fields. Connect, ping, reset and
+  close never happen while it is held.
+* ``_size`` counts open connections *and* connections being opened. A thread
+  reserves capacity under the lock before it connects, so a burst of requests at
+  start-up can never open more than ``max_size`` connections.
+* Idle connections are a stack (the warmest is reused first, the coldest sits at
+  the bottom where trimming finds it in O(1)).
+* A thread that finds no idle connection and no capacity queues a waiter. Returned
+  connections go straight to the oldest waiter (no thundering herd, no barging).
+  A waiter that timed out removes itself under the lock, so a hand-off can never
+  reach it afterwards.
+* A :class:`Slot` is made once per physical connection and reused by every
+  checkout of it, so a checkout allocates nothing.
+* Counters are plain integers bumped inside lock sections that exist anyway;
+  gauges are computed when read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+from time import monotonic
+from typing import Any, Protocol
+
+from .config import PoolConfig
+from .errors import PoolClosed, PoolTimeout
+
+logger = logging.getLogger("django_poolbackend")
+
+#: Each connection's lifetime is shortened by up to this fraction, so connections
+#: opened together (a fleet starting at once) do not all reconnect together.
+LIFETIME_JITTER = 0.10
+
+Opener = Callable[[], Any]
+
+
+class Driver(Protocol):
+    """What the pool needs to know about a DB-API connection beyond opening it."""
+
+    def close(self, conn: Any) -> None: ...
+
+    def ping(self, conn: Any) -> None: ...
+
+    def abandon(self, conn: Any) -> None: ...
+
+
+class Slot:
+    """One physical connection and what the pool knows about it."""
+
+    __slots__ = (
+        "conn",
+        "pool",
+        "created",
+        "expires",
+        "last_used",
+        "uses",
+        "needs_init",
+        "closed",
+        "checked_out_at",
+        "stack",
+        "leak_warned",
+    )
+
+    def __init__(self, conn: Any, pool: Pool, now: float, lifetime: float | None):
+        self.conn = conn
+        self.pool = pool
+        self.created = now
+        self.expires = (
+            float("inf")
+            if lifetime is None
+            else now + lifetime * (1.0 - LIFETIME_JITTER * random.random())
+        )
+        self.last_used = now
+        self.uses = 0
+        # Set by a "full" reset: the session was wiped, so the one-time
+        # initialisation must run again at the next checkout.
+        self.needs_init = False
+        self.closed = False
+        self.checked_out_at = now
+        # Captured at checkout only when leak_timeout is set.
+        self.stack: traceback.StackSummary | None = None
+        self.leak_warned = False
+
+
+class _Waiter:
+    """A queued checkout. ``lock`` is held until the pool hands something over."""
+
+    __slots__ = ("lock", "slot", "reserved", "error", "done")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.slot: Slot | None = None
+        self.reserved = False  # handed capacity: connect yourself
+        self.error: BaseException | None = None
+        self.done = False  # set under the pool lock by whoever settles the waiter
+
+
+class Pool:
+    def __init__(
+        self,
+        config: PoolConfig,
+        driver: Driver,
+        *,
+        name: str = "default",
+        key: Any = None,
+        timeout_error: type[Exception] = PoolTimeout,
+        closed_error: type[Exception] = PoolClosed,
+    ) -> None:
+        self.config = config
+        self.driver = driver
+        self.name = name
+        self.key = key
+        self._timeout_error = timeout_error
+        self._closed_error = closed_error
+        # Hot-path copies of the settings (attribute reads on self are cheaper
+        # than going through the frozen dataclass each time).
+        self._max_size = config.max_size
+        self._min_size = config.min_size
+        self._max_waiting = config.max_waiting
+        self._max_uses = config.max_uses
+        self._max_idle = config.max_idle
+        self._leak_timeout = config.leak_timeout
+        pre_ping = config.pre_ping
+        self._ping_always = pre_ping is True
+        self._ping_after = (
+            None if isinstance(pre_ping, bool) else float(pre_ping)  # type: ignore[arg-type]
+        )
+
+        self._lock = threading.Lock()
+        self._idle: deque[Slot] = deque()
+        self._waiters: deque[_Waiter] = deque()
+        self._slots: set[Slot] = set()  # every open connection, for shutdown
+        self._orphans: deque[Slot] = deque()  # dropped without a putconn()
+        self._size = 0
+        self._closed = False
+        self._abandoned = False
+        #: The process that owns these connections; a pool seen in another
+        #: process was inherited across fork() and must not be used.
+        self.pid = os.getpid()
+        #: Whatever the opener wants to remember per pool (the Django layer keeps
+        #: the wrapper attributes a physical connect sets, to replay on reuse).
+        self.extra: dict[str, Any] = {}
+        #: Opens a connection with no caller waiting (maintenance keeps min_size).
+        self.background_opener: Opener | None = None
+
+        # Counters since start; only ever written with the lock held.
+        self._requests = 0
+        self._waits = 0
+        self._timeouts = 0
+        self._rejected = 0
+        self._failures = 0
+        self._connects = 0
+        self._connect_errors = 0
+        self._pings = 0
+        self._ping_failures = 0
+        self._resets = 0
+        self._leaks = 0
+        self._closes: dict[str, int] = {}
+
+    # -- checkout ---------------------------------------------------------------
+
+    def getconn(self, opener: Opener, timeout: float | None = None) -> Slot:
+        """Return a connection's slot; *opener* makes a new physical connection.
+
+        The opener runs in the calling thread, outside the lock, only when this
+        checkout holds capacity for a new connection.
+        """
+        if self._orphans:
+            self._reap()
+        with self._lock:
+            if self._closed:
+                raise self._closed_error(f"the pool of {self.name!r} is closed")
+            self._requests += 1
+            if self._idle:
+                slot = self._idle.pop()
+                waiter = None
+            elif self._size < self._max_size:
+                self._size += 1
+                slot = waiter = None
+            else:
+                waiter = self._enqueue()
+                slot = None
+
+        if slot is not None:
+            return self._validate(slot, opener)
+        if waiter is None:
+            return self._connect(opener)
+        return self._wait(waiter, opener, self.config.timeout if timeout is None else timeout)
+
+    def _enqueue(self) -> _Waiter:
+        # Called with the lock held.
+        waiting = len(self._waiters)
+        if self._max_waiting and waiting >= self._max_waiting:
+            self._rejected += 1
+            self._failures += 1
+            raise self._timeout_error(
+                f"couldn't get a connection to database {self.name!r}: "
+                f"{waiting} requests are already waiting "
+                f"(max_waiting={self._max_waiting}) and all {self._size} "
+                f"connections (max_size={self._max_size}) are in use. " + _HINT
+            )
+        waiter = _Waiter()
+        self._waiters.append(waiter)
+        self._waits += 1
+        return waiter
+
+    def _wait(self, waiter: _Waiter, opener: Opener, timeout: float) -> Slot:
+        if not waiter.lock.acquire(True, timeout):
+            # Critical section: decide here whether we timed out or whether a
+            # hand-off beat us to it. Whoever sets ``done`` first wins.
+            with self._lock:
+                if not waiter.done:
+                    waiter.done = True
+                    self._waiters.remove(waiter)
+                    self._timeouts += 1
+                    self._failures += 1
+                    in_use = self._size - len(self._idle)
+                    waiting = len(self._waiters)
+                    raise self._timeout_error(
+                        f"couldn't get a connection to database {self.name!r} "
+                        f"after waiting {timeout:.1f} s: {in_use} connections are "
+                        f"in use (max_size={self._max_size}) and {waiting} other "
+                        f"requests are waiting. " + _HINT
+                    )
+        if waiter.error is not None:
+            raise waiter.error
+        if waiter.slot is not None:
+            slot = waiter.slot
+            slot.uses += 1
+            slot.checked_out_at = monotonic()
+            if self._leak_timeout:
+                self._note_checkout(slot)
+            return slot
+        # We were handed the capacity of a connection that was discarded.
+        return self._connect(opener)
+
+    def _validate(self, slot: Slot, opener: Opener) -> Slot:
+        """Check an idle connection before handing it out; replace it if stale."""
+        now = monotonic()
+        idle_for = now - slot.last_used
+        # Idleness alone is no reason to replace a connection here: trimming takes
+        # the coldest one on return (and never goes below min_size).
+        if now >= slot.expires:
+            reason: str | None = "lifetime"
+        elif self._ping_always or (self._ping_after is not None and idle_for > self._ping_after):
+            reason = self._ping(slot)
+        else:
+            reason = None
+        if reason is None:
+            slot.uses += 1
+            slot.checked_out_at = now
+            if self._leak_timeout:
+                self._note_checkout(slot)
+            return slot
+        # Keep the capacity this slot held and reconnect with it.
+        if not self._close_slot(slot, reason, keep_capacity=True):
+            raise self._closed_error(f"the pool of {self.name!r} was closed")
+        return self._connect(opener)
+
+    def _ping(self, slot: Slot) -> str | None:
+        try:
+            self.driver.ping(slot.conn)
+        except Exception:
+            failed = True  # _close_slot() logs the discard
+        else:
+            failed = False
+        with self._lock:
+            self._pings += 1
+            if failed:
+                self._ping_failures += 1
+        return "ping_failed" if failed else None
+
+    def _connect(self, opener: Opener, *, for_request: bool = True) -> Slot:
+        """Open a connection with capacity this thread already holds."""
+        try:
+            conn = opener()
+        except BaseException:
+            with self._lock:
+                self._connect_errors += 1
+                if for_request:  # a failed checkout, not a failed warm-up
+                    self._failures += 1
+                self._release_capacity()
+            raise
+        slot = Slot(conn, self, monotonic(), self.config.max_lifetime)
+        slot.uses = 1
+        if self._leak_timeout:
+            self._note_checkout(slot)
+        with self._lock:
+            self._connects += 1
+            self._slots.add(slot)
+        return slot
+
+    def _note_checkout(self, slot: Slot) -> None:
+        # Only with leak_timeout set: the stack of the code that checked out.
+        slot.stack = traceback.extract_stack()[:-3]
+        slot.leak_warned = False
+
+    def _release_capacity(self) -> None:
+        # Called with the lock held: one connection's worth of capacity is free.
+        # Give it to the oldest waiter (it connects in its own thread) or drop it.
+        if self._waiters and not self._closed:
+            waiter = self._waiters.popleft()
+            waiter.done = True
+            waiter.reserved = True
+            waiter.lock.release()
+        else:
+            self._size -= 1
+
+    # -- checkin ----------------------------------------------------------------
+
+    def putconn(self, slot: Slot, discard: str | None = None, reset: bool = False) -> None:
+        """Take a connection back. *discard* names why it must be closed instead.
+
+        The caller has already cleaned the connection (rolled back, reset); *reset*
+        says whether that cost a round trip, for the counters.
+        """
+        if self._abandoned or slot.closed:
+            return
+        now = monotonic()
+        if slot.leak_warned:
+            slot.leak_warned = False
+            logger.warning(
+                "Pool %r: the connection reported as leaked came back after %.1f s.",
+                self.name,
+                now - slot.checked_out_at,
+            )
+        if discard is None:
+            if self._closed:
+                discard = "pool_closed"
+            elif now >= slot.expires:
+                discard = "lifetime"
+            elif self._max_uses and slot.uses >= self._max_uses:
+                discard = "uses"
+        if discard is not None:
+            if reset:
+                with self._lock:
+                    self._resets += 1
+            self._close_slot(slot, discard, keep_capacity=False)
+            return
+
+        slot.last_used = now
+        stale = None
+        with self._lock:
+            if reset:
+                self._resets += 1
+            if self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.done = True
+                waiter.slot = slot
+                waiter.lock.release()
+                return
+            idle = self._idle
+            idle.append(slot)
+            # Trim the coldest idle connection if it outlived max_idle: O(1), no
+            # background thread needed while the process is busy.
+            if (
+                self._max_idle is not None
+                and self._size > self._min_size
+                and now - idle[0].last_used > self._max_idle
+            ):
+                stale = idle.popleft()
+                self._forget(stale, "idle")
+                self._size -= 1
+        if stale is not None:
+            self.driver.close(stale.conn)
+
+    def _forget(self, slot: Slot, reason: str) -> None:
+        # Called with the lock held.
+        slot.closed = True
+        self._slots.discard(slot)
+        self._closes[reason] = self._closes.get(reason, 0) + 1
+
+    def _close_slot(self, slot: Slot, reason: str, *, keep_capacity: bool) -> bool:
+        """Close one connection; False if close(everything=True) already took it.
+
+        The slot leaves the books before the I/O, so a concurrent pool close can
+        never count it (or its capacity) twice.
+        """
+        with self._lock:
+            if slot.closed:
+                return False
+            self._forget(slot, reason)
+        if reason not in _QUIET_REASONS:
+            logger.warning("Pool %r: discarding a connection (%s).", self.name, reason)
+        self.driver.close(slot.conn)
+        if not keep_capacity:
+            with self._lock:
+                self._release_capacity()
+        return True
+
+    def orphan(self, slot: Slot) -> None:
+        """Note a connection whose borrower vanished (called from a finalizer).
+
+        Finalizers can run inside this pool's own critical sections, so this takes
+        no lock and does no I/O: ``deque.append`` is atomic. The next checkout
+        closes it and frees its capacity.
+        """
+        self._orphans.append(slot)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                slot = self._orphans.popleft()
+            except IndexError:
+                return
+            if slot.closed or self._abandoned:
+                continue
+            logger.warning(
+                "Pool %r: closing a connection that was never given back "
+                "(its thread or wrapper ended while holding it).",
+                self.name,
+            )
+            self._close_slot(slot, "leaked", keep_capacity=False)
+
+    # -- maintenance (the process's maintenance thread calls this) ------------
+
+    def maintain(self) -> None:
+        """Retire idle and aged connections, reclaim orphans, warn about leaks, and
+        open connections up to min_size. I/O happens outside the lock."""
+        if self._closed:
+            return
+        if self._orphans:
+            self._reap()
+        now = monotonic()
+        stale: list[tuple[Slot, str]] = []
+        leaked: list[Slot] = []
+        with self._lock:
+            idle = self._idle
+            if self._max_idle is not None:
+                while (
+                    idle
+                    and self._size > self._min_size
+                    and now - idle[0].last_used > self._max_idle
+                ):
+                    stale.append((idle.popleft(), "idle"))
+                    self._size -= 1
+            for slot in [slot for slot in idle if now >= slot.expires]:
+                idle.remove(slot)
+                stale.append((slot, "lifetime"))
+                self._size -= 1
+            for slot, reason in stale:
+                self._forget(slot, reason)
+            if self._leak_timeout:
+                for slot in self._slots.difference(idle):
+                    if not slot.leak_warned and now - slot.checked_out_at > self._leak_timeout:
+                        slot.leak_warned = True
+                        self._leaks += 1
+                        leaked.append(slot)
+            missing = 0
+            if self.background_opener is not None and not self._waiters:
+                missing = max(0, self._min_size - self._size)
+                self._size += missing  # reserved, as a checkout would
+        for slot, _ in stale:
+            self.driver.close(slot.conn)
+        for slot in leaked:
+            where = "".join(traceback.format_list(slot.stack or [])).rstrip()
+            logger.warning(
+                "Pool %r: a connection has been checked out for more than %g s "
+                "(leak_timeout); it was checked out at:\n%s",
+                self.name,
+                self._leak_timeout,
+                where,
+            )
+        for _ in range(missing):
+            self._open_in_background()
+
+    def _open_in_background(self) -> None:
+        opener = self.background_opener
+        assert opener is not None
+        try:
+            slot = self._connect(opener, for_request=False)
+        except Exception as exc:
+            # _connect() already gave the capacity back.
+            logger.warning(
+                "Pool %r: could not open a connection to keep min_size: %s",
+                self.name,
+                type(exc).__name__,
+            )
+            return
+        slot.uses = 0
+        slot.stack = None
+        self.putconn(slot)
+
+    # -- life cycle -------------------------------------------------------------
+
+    def close(self, *, everything: bool = False) -> None:
+        """Close idle connections now and the others when they come back.
+
+        With *everything*, checked-out connections are closed too (process exit).
+        Waiters are woken with ``PoolClosed``. An abandoned pool (inherited across
+        fork) is left alone: its sockets are the parent's.
+        """
+        if self._abandoned:
+            return
+        with self._lock:
+            self._closed = True
+            victims = list(self._idle)
+            self._idle.clear()
+            if everything:
+                victims = list(self._slots)
+            for slot in victims:
+                self._forget(slot, "pool_closed")
+                self._size -= 1
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                self._failures += 1
+                waiter.done = True
+                waiter.error = self._closed_error(f"the pool of {self.name!r} was closed")
+                waiter.lock.release()
+        for slot in victims:
+            self.driver.close(slot.conn)
+
+    def abandon(self) -> None:
+        """Forget every connection without touching its socket (forked child).
+
+        Takes no lock: the parent may have forked while another thread held it.
+        """
+        self._abandoned = True
+        self._closed = True
+        for slot in list(self._slots):
+            slot.closed = True
+            self.driver.abandon(slot.conn)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- figures ----------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start and gauges now, as plain JSON-safe values."""
+        with self._lock:
+            size = self._size
+            idle = len(self._idle)
+            return {
+                "size": size,
+                "idle": idle,
+                "in_use": size - idle,
+                "waiting": len(self._waiters),
+                "requests": self._requests,
+                "checkouts": self._requests - self._failures - len(self._waiters),
+                "waits": self._waits,
+                "timeouts": self._timeouts,
+                "rejected": self._rejected,
+                "connects": self._connects,
+                "connect_errors": self._connect_errors,
+                "closed": sum(self._closes.values()),
+                "closed_by_reason": dict(self._closes),
+                "pings": self._pings,
+                "ping_failures": self._ping_failures,
+                "resets": self._resets,
+                "leaks": self._leaks,
+            }
+
+
+_HINT = (
+    "Raise POOL['max_size'] (within the server's connection limit) or "
+    "POOL['timeout'], keep work that holds a connection short, or set "
+    "POOL['leak_timeout'] to find code that holds one too long."
+)
+
+#: Expected retirements that are not worth a warning.
+_QUIET_REASONS = frozenset({"lifetime", "idle", "uses", "pool_closed"})

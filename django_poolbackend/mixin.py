@@ -1,0 +1,308 @@
+"""Pooling for any Django ``DatabaseWrapper``, written once.
+
+Compose it in front of a backend's wrapper::
+
+    class DatabaseWrapper(PooledDatabaseWrapperMixin, base.DatabaseWrapper):
+        pass
+
+Django's connection life cycle is kept; only its two ends change. ``connect()``
+checks a connection out of the process's pool instead of dialling the server, and
+``_close()`` gives it back instead of hanging up. A physical connection is set up
+once (autocommit, time zone, role, isolation level, ``connection_created``) when it
+is opened, not at every checkout, so a checkout in steady state sends nothing to
+the server.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from os import getpid
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DEFAULT_DB_ALIAS
+from django.db.backends.base.base import NO_DB_ALIAS
+from django.db.backends.signals import connection_created
+from django.utils.asyncio import async_unsafe
+from django.utils.module_loading import import_string
+
+from . import conf, drivers, registry
+from .core import Pool, Slot
+from .errors import PoolClosed, PoolTimeout
+
+logger = logging.getLogger("django_poolbackend")
+
+_drivers: dict[str, drivers.Driver] = {}
+
+
+class PooledDatabaseWrapperMixin:
+    _dpb_slot: Slot | None = None
+    #: The pool whose remembered wrapper attributes this wrapper has applied.
+    _dpb_synced: Pool | None = None
+
+    def __init__(self, settings_dict: dict, alias: str = DEFAULT_DB_ALIAS) -> None:
+        settings_dict, config = conf.prepare(settings_dict, alias)
+        super().__init__(settings_dict, alias)  # type: ignore[call-arg]
+        #: A PoolConfig, or the ImproperlyConfigured raised when a pool is needed.
+        self._dpb_config = config
+        self._dpb_pooled = alias != NO_DB_ALIAS
+        module = self.Database.__name__
+        driver = _drivers.get(module)
+        if driver is None:
+            driver = _drivers.setdefault(module, drivers.for_module(self.Database))
+        self._dpb_driver = driver
+
+    # -- checkout ---------------------------------------------------------------
+
+    @async_unsafe
+    def connect(self) -> None:
+        if not self._dpb_pooled:
+            # Django's connections for creating and dropping databases.
+            return super().connect()  # type: ignore[misc]
+        if self._dpb_slot is not None:
+            # connect() on a connected wrapper: give the old one back first.
+            self._close()
+        settings_dict = self.settings_dict
+        # What BaseDatabaseWrapper.connect() resets, in the same order.
+        self.check_settings()
+        self.in_atomic_block = False
+        self.savepoint_ids = []
+        self.atomic_blocks = []
+        self.needs_rollback = False
+        self.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
+        max_age = settings_dict["CONN_MAX_AGE"]
+        self.close_at = None if max_age is None else time.monotonic() + max_age
+        self.closed_in_transaction = False
+        self.errors_occurred = False
+        self.health_check_done = True
+
+        pool = self._dpb_pool()
+        self.connection = None
+        slot = pool.getconn(self._dpb_open)
+        self._dpb_slot = slot
+        if self.connection is None:
+            # Reused: set up when it was opened; only our side needs syncing.
+            self.connection = slot.conn
+            self.autocommit = settings_dict["AUTOCOMMIT"]
+            if self._dpb_synced is not pool:
+                self.__dict__.update(pool.extra.get("wrapper_state", ()))
+                self._dpb_synced = pool
+            if slot.needs_init:
+                # A "full" reset wiped the session: set it up again.
+                slot.needs_init = False
+                try:
+                    self._dpb_initialise()
+                except BaseException:
+                    self._dpb_slot = None
+                    self.connection = None
+                    pool.putconn(slot, "init_failed")
+                    raise
+        elif "wrapper_state" not in pool.extra:
+            self._dpb_remember_state(pool)
+        self.run_on_commit = []
+
+    def _dpb_remember_state(self, pool: Pool) -> None:
+        pool.extra["wrapper_state"] = {
+            name: self.__dict__[name]
+            for name in self._dpb_driver.wrapper_attrs
+            if name in self.__dict__
+        }
+        self._dpb_synced = pool
+
+    def _dpb_pool(self) -> Pool:
+        sd = self.settings_dict
+        key = (sd["NAME"], sd["USER"], sd["HOST"], sd["PORT"], self.timezone_name)
+        pool = registry.pools.get(self.alias)
+        if pool is None or pool.key != key or pool.pid != getpid():
+            pool = registry.get(self.alias, key, self._dpb_new_pool)
+        return pool
+
+    def _dpb_new_pool(self, key: Any) -> Pool:
+        config = self._dpb_config
+        if isinstance(config, ImproperlyConfigured):
+            raise ImproperlyConfigured(str(config))
+        registry.add_fork_hook(_forget_inherited_connections)
+        pool = Pool(
+            config,
+            self._dpb_driver,
+            name=self.alias,
+            key=key,
+            timeout_error=PoolTimeout,
+            closed_error=PoolClosed,
+        )
+        pool.background_opener = _background_opener(
+            type(self), copy.deepcopy(self.settings_dict), self.alias, pool
+        )
+        sd = self.settings_dict
+        pool.extra["identity"] = {
+            "vendor": self.vendor,
+            "host": sd["HOST"] or "",
+            "port": str(sd["PORT"] or ""),
+            "database": sd["NAME"] or "",
+        }
+        return pool
+
+    def _dpb_open(self) -> Any:
+        """The pool's opener: one new physical connection, fully set up."""
+        conn = self.get_new_connection(self._dpb_params())
+        self.connection = conn
+        try:
+            self._dpb_initialise()
+        except BaseException:
+            self.connection = None
+            self._dpb_driver.close(conn)
+            raise
+        return conn
+
+    def _dpb_params(self) -> dict:
+        """Django's connection parameters, through the ``connect_params`` hook."""
+        params = self.get_connection_params()
+        hook = self._dpb_config.connect_params
+        if hook is not None:
+            if isinstance(hook, str):
+                hook = import_string(hook)
+            params = hook(self.alias, params)
+        return params
+
+    def _dpb_initialise(self) -> None:
+        self.set_autocommit(self.settings_dict["AUTOCOMMIT"])
+        self.init_connection_state()
+        connection_created.send(sender=self.__class__, connection=self)
+
+    # -- checkin ----------------------------------------------------------------
+
+    def _close(self) -> None:
+        slot = self._dpb_slot
+        if slot is None:
+            return super()._close()  # type: ignore[misc]
+        self._dpb_slot = None
+        discard, reset = self._dpb_clean(slot)
+        slot.pool.putconn(slot, discard, reset)
+
+    def _dpb_clean(self, slot: Slot) -> tuple[str | None, bool]:
+        """Make the connection fit for the next borrower, or say why it isn't.
+
+        Returns (reason to discard or None, whether a round trip was spent).
+        """
+        if self.in_atomic_block:
+            # Django keeps its reference to a connection closed inside atomic(),
+            # so it must never serve anyone else.
+            return "closed_in_transaction", False
+        conn = slot.conn
+        state = self._dpb_driver.state(conn)
+        if state == drivers.BROKEN:
+            return "broken", False
+        if state is None:
+            # The driver can't tell without a round trip: trust Django's view.
+            state = (
+                drivers.IN_TRANSACTION
+                if not self.autocommit or self.needs_rollback or self.errors_occurred
+                else drivers.IDLE
+            )
+        reset = False
+        try:
+            if state == drivers.IN_TRANSACTION:
+                reset = True
+                conn.rollback()
+            autocommit = self.settings_dict["AUTOCOMMIT"]
+            if self.autocommit != autocommit:
+                reset = True
+                self._set_autocommit(autocommit)
+                self.autocommit = autocommit
+            policy = slot.pool.config.reset
+            if policy == "rollback":
+                pass
+            elif policy == "full":
+                reset = True
+                self._dpb_full_reset(conn)
+                slot.needs_init = True
+            else:
+                reset = True
+                if isinstance(policy, str):
+                    policy = import_string(policy)
+                policy(conn)
+        except Exception as exc:
+            logger.warning(
+                "Pool %r: discarding a connection whose reset failed: %s",
+                self.alias,
+                type(exc).__name__,
+            )
+            return "reset_failed", reset
+        if self.errors_occurred and not self.is_usable():
+            return "broken", reset
+        return None, reset
+
+    def _dpb_full_reset(self, conn: Any) -> None:
+        full_reset = getattr(self._dpb_driver, "full_reset", None)
+        if full_reset is not None:
+            full_reset(conn)
+            return
+        # MySQL/MariaDB: COM_CHANGE_USER wipes the session (variables, temporary
+        # tables, locks, prepared statements) without a new TCP connection.
+        params = self._dpb_params()
+        conn.change_user(params.get("user", ""), params.get("password", ""), params.get("database"))
+
+    def __del__(self) -> None:
+        # A wrapper dropped while holding a connection (a thread that ended without
+        # closing it): hand the slot to the pool to close at its next checkout.
+        # Nothing else is safe here, as this can run inside the pool's own lock.
+        slot = self.__dict__.get("_dpb_slot")
+        if slot is not None:
+            slot.pool.orphan(slot)
+
+    def _dpb_forget_inherited(self) -> None:
+        """In a forked child: drop the parent's connection without a byte on it.
+
+        A pooled one was abandoned with its pool already; anything else (a
+        connection this wrapper opened outside the pool) is abandoned here.
+        """
+        conn = self.connection
+        if conn is None:
+            return
+        if self._dpb_slot is None:
+            self._dpb_driver.abandon(conn)
+        self._dpb_slot = None
+        self.connection = None
+        # Whatever the parent was doing on it, this process was not.
+        self.in_atomic_block = False
+        self.atomic_blocks = []
+        self.savepoint_ids = []
+        self.needs_rollback = False
+        self.closed_in_transaction = False
+        self.run_on_commit = []
+
+    # -- Django hooks that affect the whole pool ---------------------------------
+
+    def close_pool(self) -> None:
+        """Retire this alias's pool (Django calls it before cloning/dropping test DBs)."""
+        registry.retire(self.alias)
+        parent = getattr(super(), "close_pool", None)
+        if parent is not None:
+            parent()
+
+
+def _forget_inherited_connections() -> None:
+    """at-fork hook (child): the forking thread's Django wrappers still hold the
+    parent's connections; the other threads' wrappers are gone with their threads."""
+    from django.db import connections
+
+    for wrapper in connections.all(initialized_only=True):
+        if isinstance(wrapper, PooledDatabaseWrapperMixin):
+            wrapper._dpb_forget_inherited()
+
+
+def _background_opener(cls: type, settings_dict: dict, alias: str, pool: Pool) -> Any:
+    """An opener for the maintenance thread, which has no wrapper of its own: a
+    throwaway wrapper opens and sets up the connection exactly as a checkout would."""
+
+    def open_one() -> Any:
+        wrapper = cls(copy.deepcopy(settings_dict), alias)
+        conn = wrapper._dpb_open()
+        if "wrapper_state" not in pool.extra:
+            wrapper._dpb_remember_state(pool)
+        wrapper.connection = None  # the pool owns it now
+        return conn
+
+    return open_one

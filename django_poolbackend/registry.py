@@ -1,0 +1,157 @@
+"""This process's pools, one per alias, and what happens to them at fork and exit.
+
+Nothing here runs at import: the fork and exit hooks are installed when the first
+pool is made (process-wide, so a forked child inherits them).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from .core import Pool
+from .core.maintenance import Maintainer
+
+#: alias -> the pool in use. Read without a lock on the checkout path.
+pools: dict[str, Pool] = {}
+_every: weakref.WeakSet[Pool] = weakref.WeakSet()
+_lock = threading.Lock()
+_fork_hooks: list[Callable[[], None]] = []
+_hooks_installed = False
+_exit_hooks_pid = 0
+#: This process's maintenance thread; threads do not survive fork(), so a child
+#: starts its own with its first pool.
+_maintainer: Maintainer | None = None
+
+
+def get(alias: str, key: Any, factory: Callable[[Any], Pool]) -> Pool:
+    """The pool for *alias* whose settings match *key*, made if need be.
+
+    A pool built for other settings (the test runner switched NAME, the time zone
+    changed) is retired: idle connections close now, busy ones when returned.
+    """
+    with _lock:
+        old = pools.get(alias)
+        if old is not None and old.key == key and not old.closed and old.pid == os.getpid():
+            return old
+        if old is not None and old.pid != os.getpid():
+            # A fork that bypassed os.fork() (and so our hook): the second guard.
+            _abandon_inherited()
+            old = None
+        pool = factory(key)
+        pools[alias] = pool
+        _every.add(pool)
+        _install_hooks()
+        _maintainer_here().add(pool)
+    if old is not None:
+        old.close()
+    return pool
+
+
+def add_fork_hook(hook: Callable[[], None]) -> None:
+    """Run *hook* in a forked child, after the inherited pools are abandoned."""
+    if hook not in _fork_hooks:
+        _fork_hooks.append(hook)
+
+
+def _install_hooks() -> None:
+    """Called with the lock held when a pool is made."""
+    global _hooks_installed, _exit_hooks_pid
+    if not _hooks_installed:
+        _hooks_installed = True
+        os.register_at_fork(
+            before=_before_fork,
+            after_in_parent=_after_fork_in_parent,
+            after_in_child=_after_fork_in_child,
+        )
+        # Inherited by forked children, so installed once.
+        atexit.register(close_all)
+    pid = os.getpid()
+    if _exit_hooks_pid == pid:
+        return
+    _exit_hooks_pid = pid
+    # multiprocessing's children end with os._exit(), which skips atexit; its own
+    # exit finalizers still run. Registering in a parent too is harmless:
+    # close_all() is idempotent.
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.Finalize(None, close_all, exitpriority=10)
+    # Celery's prefork children (billiard) skip even those finalizers; Celery
+    # announces their end with a signal, in the child, just before os._exit().
+    signals = sys.modules.get("celery.signals")
+    if signals is not None:
+        signals.worker_process_shutdown.connect(_close_all_receiver, weak=False)
+
+
+def _maintainer_here() -> Maintainer:
+    global _maintainer
+    if _maintainer is None:
+        _maintainer = Maintainer()
+    return _maintainer
+
+
+def _close_all_receiver(*args: Any, **kwargs: Any) -> None:
+    close_all()
+
+
+def retire(alias: str) -> None:
+    with _lock:
+        pool = pools.pop(alias, None)
+    if pool is not None:
+        pool.close()
+
+
+def close_all() -> None:
+    """Close every connection this process opened, busy ones included (exit)."""
+    if _maintainer is not None:
+        _maintainer.stop()
+    with _lock:
+        current = list(pools.values())
+        pools.clear()
+    for pool in current:
+        pool.close(everything=True)
+
+
+def _before_fork() -> None:
+    # No thread of ours runs across fork(): the child inherits no half-done
+    # maintenance, and Python (3.12+) has no reason to warn about threads.
+    if _maintainer is not None:
+        _maintainer.pause()
+
+
+def _after_fork_in_parent() -> None:
+    if _maintainer is not None:
+        _maintainer.resume()
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _maintainer
+    # The parent may have forked while another thread held this lock.
+    _lock = threading.Lock()
+    _maintainer = None
+    _abandon_inherited()
+
+
+def _abandon_inherited() -> None:
+    """Forget the parent's pools and connections; takes no lock, does no I/O on them."""
+    pools.clear()
+    for pool in list(_every):
+        pool.abandon()
+    for hook in _fork_hooks:
+        hook()
+
+
+def stats(alias: str) -> dict[str, Any]:
+    pool = pools.get(alias)
+    out: dict[str, Any] = {"alias": alias, "pid": os.getpid()}
+    if pool is None:
+        return out
+    out.update(pool.extra.get("identity", {}))
+    out.update(pool.config.as_dict())
+    out.update(pool.stats())
+    return out

@@ -1,0 +1,84 @@
+"""A few views that exercise the pool the way real pages do."""
+
+import os
+
+from django.db import connections, transaction
+from django.http import JsonResponse
+
+import django_poolbackend
+from testproject.shop.models import Item
+
+BACKEND_ID_SQL = {"postgresql": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
+SLEEP_SQL = {"postgresql": "SELECT pg_sleep(%s)", "mysql": "SELECT SLEEP(%s)"}
+
+
+def _alias(request):
+    alias = request.GET.get("alias", "default")
+    if alias not in connections:
+        raise ValueError(f"unknown alias {alias!r}")
+    return alias
+
+
+def one(request):
+    """One query: which server session answered, from which process."""
+    connection = connections[_alias(request)]
+    with connection.cursor() as cursor:
+        cursor.execute(BACKEND_ID_SQL[connection.vendor])
+        (backend,) = cursor.fetchone()
+    return JsonResponse({"pid": os.getpid(), "backend": backend})
+
+
+def items(request):
+    alias = _alias(request)
+    rows = list(Item.objects.using(alias).values("id", "name", "stock")[:20])
+    return JsonResponse({"pid": os.getpid(), "items": rows})
+
+
+def transfer(request):
+    """A short transaction: move one unit of stock between two items."""
+    alias = _alias(request)
+    with transaction.atomic(using=alias):
+        source, target = Item.objects.using(alias).select_for_update().order_by("id")[:2]
+        source.stock -= 1
+        target.stock += 1
+        source.save(using=alias)
+        target.save(using=alias)
+    return JsonResponse({"pid": os.getpid(), "moved": 1})
+
+
+def slow(request):
+    """Hold a connection for ?ms= milliseconds (default 200)."""
+    connection = connections[_alias(request)]
+    seconds = int(request.GET.get("ms", "200")) / 1000
+    with connection.cursor() as cursor:
+        cursor.execute(SLEEP_SQL[connection.vendor], [seconds])
+    return JsonResponse({"pid": os.getpid(), "slept_ms": int(seconds * 1000)})
+
+
+def leave_open(request, fail=False):
+    """Start a transaction and leave it open: the pool must clean up after us.
+
+    With *fail*, a statement fails inside it and the view swallows the error.
+    """
+    connection = connections[_alias(request)]
+    transaction.set_autocommit(False, using=connection.alias)
+    with connection.cursor() as cursor:
+        cursor.execute(BACKEND_ID_SQL[connection.vendor])
+        (backend,) = cursor.fetchone()
+        if fail:
+            try:
+                cursor.execute("SELECT * FROM dpb_no_such_table")
+            except Exception:
+                pass
+    return JsonResponse({"pid": os.getpid(), "backend": backend})
+
+
+def pool(request):
+    """This worker's pool figures, for every pooled alias."""
+    return JsonResponse(
+        {
+            alias: django_poolbackend.pool_stats(alias)
+            for alias in connections
+            if connections.settings[alias]["ENGINE"].startswith("django_poolbackend")
+        }
+    )

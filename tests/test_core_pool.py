@@ -1,0 +1,1038 @@
+"""Unit tests of the driver-agnostic pool core, against a fake DB-API driver.
+
+No database server and no Django are involved: ``django_poolbackend.core`` imports
+nothing from Django, and the driver below is a stub in the spirit of HikariCP's
+stub driver. Every wait between threads is an event or a poll with a deadline,
+never a bare sleep used as synchronisation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from django_poolbackend.core import (
+    ConfigError,
+    Pool,
+    PoolClosed,
+    PoolConfig,
+    PoolError,
+    PoolTimeout,
+    Slot,
+)
+from django_poolbackend.core import pool as pool_module
+
+#: Upper bound for anything that should happen "soon"; only reached on failure.
+DEADLINE = 10.0
+
+
+# -- the fake driver ------------------------------------------------------------
+
+
+class FakeConnection:
+    _ids = itertools.count(1)
+
+    def __init__(self, tag: str = "") -> None:
+        self.id = next(self._ids)
+        self.tag = tag
+        self.closed = False
+        self.close_calls = 0
+        self.pings = 0
+        self.abandoned = False
+
+    def __repr__(self) -> str:
+        return f"<FakeConnection {self.id}{' ' + self.tag if self.tag else ''}>"
+
+
+class FakeDriver:
+    """Records every call; can make pings fail and connects slow or failing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.created: list[FakeConnection] = []
+        self.closed: list[FakeConnection] = []
+        self.abandoned: list[FakeConnection] = []
+        self.pinged: list[FakeConnection] = []
+        self.fail_ping = False
+        self.connect_delay = 0.0
+        self.connect_error: BaseException | None = None
+        self.open_now = 0
+        self.max_open = 0
+        #: When set, the first close() of ``gate_conn`` signals ``close_entered``
+        #: and blocks until ``close_gate`` is set.
+        self.gate_conn: FakeConnection | None = None
+        self.close_entered = threading.Event()
+        self.close_gate = threading.Event()
+
+    # The opener (what the Django layer passes to getconn()).
+    def connect(self, tag: str = "") -> FakeConnection:
+        if self.connect_delay:
+            time.sleep(self.connect_delay)
+        if self.connect_error is not None:
+            raise self.connect_error
+        conn = FakeConnection(tag)
+        with self._lock:
+            self.created.append(conn)
+            self.open_now += 1
+            self.max_open = max(self.max_open, self.open_now)
+        return conn
+
+    def opener(self, tag: str = "") -> Callable[[], FakeConnection]:
+        return lambda: self.connect(tag)
+
+    # The Driver protocol.
+    def close(self, conn: FakeConnection) -> None:
+        if conn is self.gate_conn and not self.close_entered.is_set():
+            self.close_entered.set()
+            assert self.close_gate.wait(DEADLINE)
+        with self._lock:
+            conn.close_calls += 1
+            if not conn.closed:
+                self.open_now -= 1
+            conn.closed = True
+            self.closed.append(conn)
+
+    def ping(self, conn: FakeConnection) -> None:
+        with self._lock:
+            conn.pings += 1
+            self.pinged.append(conn)
+        if self.fail_ping:
+            raise OSError("server closed the connection unexpectedly")
+
+    def abandon(self, conn: FakeConnection) -> None:
+        with self._lock:
+            conn.abandoned = True
+            self.abandoned.append(conn)
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+def make_pool(driver: FakeDriver | None = None, name: str = "x", **settings: Any) -> Pool:
+    settings.setdefault("pre_ping", False)
+    return Pool(PoolConfig.from_mapping(settings), driver or FakeDriver(), name=name)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.001)
+
+
+def wait_for_waiters(pool: Pool, n: int) -> None:
+    wait_until(lambda: pool.stats()["waiting"] == n)
+
+
+class Worker(threading.Thread):
+    """Runs *fn* in a thread and keeps its result or exception."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.elapsed: float | None = None
+
+    def run(self) -> None:
+        start = time.monotonic()
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # noqa: B036 - recorded for the test
+            self.error = exc
+        finally:
+            self.elapsed = time.monotonic() - start
+
+    def finish(self) -> Any:
+        self.join(DEADLINE)
+        assert not self.is_alive(), "worker thread did not finish"
+        return self.result
+
+
+def consistent(stats: dict[str, Any]) -> None:
+    assert stats["size"] == stats["idle"] + stats["in_use"]
+    assert stats["size"] >= 0 and stats["idle"] >= 0 and stats["in_use"] >= 0
+    assert stats["closed"] == sum(stats["closed_by_reason"].values())
+
+
+# -- PoolConfig ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"maxsize": 3}, "maxsize"),
+        ({"max_size": 5, "bogus": 1}, "bogus"),
+        ({"max_size": True}, "max_size"),
+        ({"min_size": False}, "min_size"),
+        ({"max_uses": True}, "max_uses"),
+        ({"max_waiting": True}, "max_waiting"),
+        ({"max_size": 0}, "max_size"),
+        ({"max_size": 2.0}, "max_size"),
+        ({"max_size": "4"}, "max_size"),
+        ({"min_size": -1}, "min_size"),
+        ({"max_uses": -1}, "max_uses"),
+        ({"min_size": 5, "max_size": 2}, "min_size"),
+        ({"min_size": 11}, "min_size"),  # default max_size is 10
+        ({"timeout": -1}, "timeout"),
+        ({"timeout": -0.001}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"timeout": float("inf")}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"timeout": "10"}, "timeout"),
+        ({"timeout": None}, "timeout"),
+        ({"max_lifetime": float("nan")}, "max_lifetime"),
+        ({"max_lifetime": 0}, "max_lifetime"),
+        ({"max_lifetime": -5}, "max_lifetime"),
+        ({"max_idle": float("inf")}, "max_idle"),
+        ({"max_idle": 0}, "max_idle"),
+        ({"leak_timeout": -1}, "leak_timeout"),
+        ({"leak_timeout": None}, "leak_timeout"),
+        ({"pre_ping": "yes"}, "pre_ping"),
+        ({"pre_ping": -1}, "pre_ping"),
+        ({"pre_ping": float("nan")}, "pre_ping"),
+        ({"pre_ping": None}, "pre_ping"),
+        ({"reset": "bogus"}, "reset"),
+        ({"reset": ""}, "reset"),
+        ({"reset": "."}, "reset"),
+        ({"reset": None}, "reset"),
+        ({"connect_params": 3}, "connect_params"),
+        ({"connect_params": "nodots"}, "connect_params"),
+    ],
+)
+def test_config_rejects(raw: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        PoolConfig.from_mapping(raw)
+    err = info.value
+    assert err.key == key
+    assert isinstance(err, ValueError)
+    assert str(err).startswith(f"{key}=")
+    if key in raw:
+        assert err.value is raw[key] or (isinstance(raw[key], float) and math.isnan(raw[key]))
+
+
+def test_config_unknown_key_lists_allowed_keys() -> None:
+    with pytest.raises(ConfigError) as info:
+        PoolConfig.from_mapping({"maxsize": 3})
+    assert info.value.value == 3
+    assert "max_size" in info.value.allowed and "pre_ping" in info.value.allowed
+
+
+def test_config_not_a_mapping() -> None:
+    with pytest.raises(ConfigError) as info:
+        PoolConfig.from_mapping([("max_size", 3)])  # type: ignore[arg-type]
+    assert info.value.key is None
+
+
+def test_config_first_error_follows_field_order() -> None:
+    # Unknown keys are reported first, then fields in declaration order.
+    with pytest.raises(ConfigError) as info:
+        PoolConfig.from_mapping({"timeout": -1, "max_size": 0, "zzz": 1})
+    assert info.value.key == "zzz"
+    with pytest.raises(ConfigError) as info:
+        PoolConfig.from_mapping({"timeout": -1, "max_size": 0})
+    assert info.value.key == "max_size"
+
+
+def _reset_callable(conn: Any) -> None:  # used as a callable reset policy
+    pass
+
+
+@pytest.mark.parametrize(
+    ("raw", "attr", "expected"),
+    [
+        ({"pre_ping": True}, "pre_ping", True),
+        ({"pre_ping": False}, "pre_ping", False),
+        ({"pre_ping": 0.5}, "pre_ping", 0.5),
+        ({"pre_ping": 0}, "pre_ping", 0.0),
+        ({"reset": "full"}, "reset", "full"),
+        ({"reset": "rollback"}, "reset", "rollback"),
+        ({"reset": "myapp.db.reset_session"}, "reset", "myapp.db.reset_session"),
+        ({"reset": _reset_callable}, "reset", _reset_callable),
+        ({"connect_params": "myapp.db.params"}, "connect_params", "myapp.db.params"),
+        ({"connect_params": None}, "connect_params", None),
+        ({"max_lifetime": None}, "max_lifetime", None),
+        ({"max_idle": None}, "max_idle", None),
+        ({"max_lifetime": 60}, "max_lifetime", 60.0),
+        ({"timeout": 0}, "timeout", 0.0),
+        ({"timeout": 5}, "timeout", 5.0),
+        ({"min_size": 3, "max_size": 3}, "min_size", 3),
+        ({"max_size": 1}, "max_size", 1),
+        ({"max_waiting": 0}, "max_waiting", 0),
+        ({"max_uses": 100}, "max_uses", 100),
+        ({"leak_timeout": 2.5}, "leak_timeout", 2.5),
+    ],
+)
+def test_config_accepts(raw: dict[str, Any], attr: str, expected: Any) -> None:
+    config = PoolConfig.from_mapping(raw)
+    value = getattr(config, attr)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_config_defaults_and_as_dict() -> None:
+    assert PoolConfig.from_mapping({}) == PoolConfig()
+    config = PoolConfig.from_mapping({"reset": _reset_callable, "max_size": 4})
+    out = config.as_dict()
+    assert out["reset"] == f"{__name__}._reset_callable"
+    assert out["max_size"] == 4
+    assert set(out) == {
+        "min_size", "max_size", "timeout", "max_waiting", "max_lifetime",
+        "max_idle", "max_uses", "pre_ping", "reset", "leak_timeout",
+        "connect_params",
+    }  # fmt: skip
+
+
+def test_errors_hierarchy() -> None:
+    assert issubclass(PoolTimeout, PoolError)
+    assert issubclass(PoolClosed, PoolError)
+
+
+# -- checkout and reuse ---------------------------------------------------------------
+
+
+def test_first_checkout_connects_and_slot_fields() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=2)
+    before = time.monotonic()
+    slot = pool.getconn(driver.opener())
+    assert isinstance(slot, Slot)
+    assert slot.conn is driver.created[0]
+    assert slot.pool is pool
+    assert slot.uses == 1
+    assert before <= slot.created <= time.monotonic()
+    assert slot.last_used == slot.created
+    assert not slot.closed
+    s = pool.stats()
+    assert (s["size"], s["idle"], s["in_use"], s["connects"]) == (1, 0, 1, 1)
+    pool.putconn(slot)
+    s = pool.stats()
+    assert (s["size"], s["idle"], s["in_use"]) == (1, 1, 0)
+
+
+def test_lifo_reuse() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=3)
+    a = pool.getconn(driver.opener("a"))
+    b = pool.getconn(driver.opener("b"))
+    assert a.conn is not b.conn
+    pool.putconn(a)
+    pool.putconn(b)
+    again = pool.getconn(driver.opener("new"))
+    assert again is b  # the slot object itself is reused
+    assert again.conn.tag == "b"
+    assert again.uses == 2
+    again2 = pool.getconn(driver.opener("new"))
+    assert again2 is a
+    assert len(driver.created) == 2
+    s = pool.stats()
+    assert (s["connects"], s["requests"], s["checkouts"]) == (2, 4, 4)
+
+
+def test_hard_cap_under_burst() -> None:
+    driver = FakeDriver()
+    driver.connect_delay = 0.005  # widen the race window at start-up
+    pool = make_pool(driver, max_size=4, timeout=DEADLINE)
+    n_threads, rounds = 32, 3
+    barrier = threading.Barrier(n_threads)
+    held_lock = threading.Lock()
+    held = {"now": 0, "max": 0}
+    conns_seen: set[int] = set()
+
+    def work() -> int:
+        barrier.wait(DEADLINE)
+        for _ in range(rounds):
+            slot = pool.getconn(driver.opener())
+            with held_lock:
+                held["now"] += 1
+                held["max"] = max(held["max"], held["now"])
+                conns_seen.add(slot.conn.id)
+                assert not slot.conn.closed
+            time.sleep(0.001)
+            with held_lock:
+                held["now"] -= 1
+            pool.putconn(slot)
+        return rounds
+
+    workers = [Worker(work) for _ in range(n_threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        assert w.finish() == rounds, w.error
+    assert driver.max_open <= 4
+    assert len(driver.created) <= 4
+    assert len(conns_seen) <= 4
+    assert held["max"] <= 4
+    s = pool.stats()
+    consistent(s)
+    assert s["size"] <= 4 and s["in_use"] == 0 and s["waiting"] == 0
+    assert s["requests"] == n_threads * rounds
+    assert s["checkouts"] == n_threads * rounds
+    assert s["timeouts"] == 0 and s["connect_errors"] == 0
+    assert s["waits"] > 0  # the burst really did queue
+
+
+def test_fifo_fairness() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=DEADLINE)
+    holder = pool.getconn(driver.opener())
+    order: list[int] = []
+    order_lock = threading.Lock()
+
+    def waiter(i: int) -> Callable[[], int]:
+        def run() -> int:
+            slot = pool.getconn(driver.opener())
+            with order_lock:
+                order.append(i)
+            conn_id = slot.conn.id
+            pool.putconn(slot)
+            return conn_id
+
+        return run
+
+    workers = []
+    for i in range(6):
+        w = Worker(waiter(i))
+        w.start()
+        wait_for_waiters(pool, i + 1)  # verifiably queued before the next starts
+        workers.append(w)
+    pool.putconn(holder)
+    ids = [w.finish() for w in workers]
+    assert all(w.error is None for w in workers)
+    assert order == list(range(6))
+    assert ids == [holder.conn.id] * 6  # handed over, never reconnected
+    s = pool.stats()
+    consistent(s)
+    assert (s["connects"], s["waits"], s["checkouts"], s["size"]) == (1, 6, 7, 1)
+
+
+def test_timeout_message_and_no_swallowed_connection() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, name="timeout-pool", max_size=1, timeout=DEADLINE)
+    holder = pool.getconn(driver.opener())
+    # Someone else is already queued (with a long timeout).
+    patient = Worker(lambda: pool.getconn(driver.opener()))
+    patient.start()
+    wait_for_waiters(pool, 1)
+
+    timeout = 0.2
+    start = time.monotonic()
+    with pytest.raises(PoolTimeout) as info:
+        pool.getconn(driver.opener(), timeout=timeout)
+    elapsed = time.monotonic() - start
+    assert elapsed >= timeout - 1e-3  # 1 ms of clock rounding, no more
+    assert elapsed < DEADLINE
+    msg = str(info.value)
+    assert "'timeout-pool'" in msg
+    assert "max_size=1" in msg
+    assert "after waiting 0.2 s" in msg
+    assert "1 connections are in use" in msg
+    assert "1 other requests are waiting" in msg
+
+    s = pool.stats()
+    assert (s["waiting"], s["timeouts"], s["in_use"]) == (1, 1, 1)
+
+    # The returned connection goes to the patient waiter, not the timed-out one.
+    pool.putconn(holder)
+    got = patient.finish()
+    assert patient.error is None and got is holder
+
+    # And once that is back, the next checkout gets it at once.
+    pool.putconn(got)
+    waits = pool.stats()["waits"]
+    again = pool.getconn(driver.opener(), timeout=timeout)
+    assert again is holder
+    assert pool.stats()["waits"] == waits  # served from idle, no queueing
+    s = pool.stats()
+    consistent(s)
+    assert (s["size"], s["idle"], s["in_use"], s["waiting"]) == (1, 0, 1, 0)
+    assert (s["connects"], s["timeouts"]) == (1, 1)
+    assert s["checkouts"] == 3  # holder, patient, again
+    assert s["requests"] == 4
+
+
+def test_timed_out_waiter_alone_leaves_connection_idle() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1)
+    holder = pool.getconn(driver.opener())
+    with pytest.raises(PoolTimeout) as info:
+        pool.getconn(driver.opener(), timeout=0.05)
+    assert "0 other requests are waiting" in str(info.value)
+    assert pool.stats()["waiting"] == 0
+    pool.putconn(holder)
+    s = pool.stats()
+    assert (s["idle"], s["in_use"], s["size"]) == (1, 0, 1)
+    assert pool.getconn(driver.opener(), timeout=0.05) is holder
+
+
+def test_timeout_from_config_and_zero_timeout() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=0.05)
+    holder = pool.getconn(driver.opener())
+    start = time.monotonic()
+    with pytest.raises(PoolTimeout):
+        pool.getconn(driver.opener())
+    assert time.monotonic() - start >= 0.05 - 1e-3
+    with pytest.raises(PoolTimeout):
+        pool.getconn(driver.opener(), timeout=0)
+    assert pool.stats()["timeouts"] == 2
+    pool.putconn(holder)
+
+
+def test_max_waiting_rejects_at_once() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, max_waiting=1, timeout=30)
+    holder = pool.getconn(driver.opener())
+    queued = Worker(lambda: pool.getconn(driver.opener()))
+    queued.start()
+    wait_for_waiters(pool, 1)
+
+    start = time.monotonic()
+    with pytest.raises(PoolTimeout) as info:
+        pool.getconn(driver.opener())
+    elapsed = time.monotonic() - start
+    assert elapsed < 5  # well under timeout=30: it did not wait
+    msg = str(info.value)
+    assert "max_waiting=1" in msg and "1 requests are already waiting" in msg
+    assert "max_size=1" in msg and "'x'" in msg
+    s = pool.stats()
+    assert (s["rejected"], s["timeouts"], s["waiting"], s["waits"]) == (1, 0, 1, 1)
+
+    pool.putconn(holder)
+    assert queued.finish() is holder
+    s = pool.stats()
+    assert (s["checkouts"], s["requests"], s["waiting"]) == (2, 3, 0)
+
+
+# -- retirement: lifetime, idleness, uses ----------------------------------------------
+
+
+def test_max_lifetime_closes_on_return() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=2, max_lifetime=0.05)
+    slot = pool.getconn(driver.opener())
+    assert slot.created + 0.045 - 1e-9 <= slot.expires <= slot.created + 0.05 + 1e-9
+    wait_until(lambda: time.monotonic() >= slot.expires, timeout=2)
+    pool.putconn(slot)
+    assert slot.closed and slot.conn.closed and slot.conn.close_calls == 1
+    s = pool.stats()
+    assert s["closed_by_reason"] == {"lifetime": 1}
+    assert (s["size"], s["idle"]) == (0, 0)
+    # Returning it again (a caller bug) is a no-op.
+    pool.putconn(slot)
+    assert pool.stats()["size"] == 0 and slot.conn.close_calls == 1
+
+
+def test_max_lifetime_checked_at_checkout() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, max_lifetime=60)
+    old = pool.getconn(driver.opener("old"))
+    pool.putconn(old)
+    old.expires = time.monotonic() - 1  # expired while idle
+    new = pool.getconn(driver.opener("new"))
+    assert new is not old and new.conn.tag == "new"
+    assert old.conn.closed
+    s = pool.stats()
+    assert s["closed_by_reason"] == {"lifetime": 1}
+    assert (s["size"], s["in_use"], s["connects"]) == (1, 1, 2)
+
+
+def test_lifetime_jitter_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = make_pool(max_size=1)
+    lifetime = 100.0
+    for _ in range(500):
+        slot = Slot(object(), pool, 1000.0, lifetime)
+        assert 1000.0 + 0.9 * lifetime <= slot.expires <= 1000.0 + lifetime
+    # The extremes of random.random().
+    monkeypatch.setattr(pool_module.random, "random", lambda: 0.0)
+    assert Slot(object(), pool, 1000.0, lifetime).expires == 1000.0 + lifetime
+    monkeypatch.setattr(pool_module.random, "random", lambda: 0.9999999999)
+    assert Slot(object(), pool, 1000.0, lifetime).expires == pytest.approx(1000.0 + 0.9 * lifetime)
+    assert Slot(object(), pool, 1000.0, None).expires == math.inf
+
+
+def test_jitter_spreads_expiry() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=20, max_lifetime=1000)
+    slots = [pool.getconn(driver.opener()) for _ in range(20)]
+    offsets = [s.expires - s.created for s in slots]
+    assert all(900 <= o <= 1000 for o in offsets)
+    assert len({round(o, 6) for o in offsets}) > 1  # not all the same
+
+
+def test_idleness_alone_does_not_replace_a_connection_at_checkout() -> None:
+    """By design: idle retirement trims the coldest connection on return (and, in a
+    quiet process, the maintenance tick); a checkout reuses the warmest one, and
+    pre_ping (not max_idle) is what guards against a server-side idle timeout."""
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=2, max_idle=0.5, pre_ping=0.1)
+    a = pool.getconn(driver.opener("a"))
+    pool.putconn(a)
+    a.last_used = time.monotonic() - 1.0  # idle for longer than max_idle
+    assert pool.getconn(driver.opener("b")) is a
+    s = pool.stats()
+    assert s["closed_by_reason"] == {}
+    assert s["pings"] == 1  # idle past pre_ping: checked, found alive, reused
+
+
+def test_max_idle_fresh_connection_is_reused() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=2, max_idle=60)
+    a = pool.getconn(driver.opener())
+    pool.putconn(a)
+    assert pool.getconn(driver.opener()) is a
+    assert pool.stats()["closed"] == 0
+
+
+def test_trim_on_return_keeps_min_size() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, min_size=2, max_size=3, max_idle=0.5)
+    a, b, c = (pool.getconn(driver.opener(t)) for t in "abc")
+    pool.putconn(a)
+    a.last_used = time.monotonic() - 1.0
+    pool.putconn(b)  # size 3 > min_size 2: the coldest (a) is trimmed
+    assert a.conn.closed and not b.conn.closed
+    s = pool.stats()
+    assert s["closed_by_reason"] == {"idle": 1}
+    assert (s["size"], s["idle"], s["in_use"]) == (2, 1, 1)
+
+    b.last_used = time.monotonic() - 1.0
+    pool.putconn(c)  # size 2 == min_size: b is stale but kept
+    assert not b.conn.closed
+    s = pool.stats()
+    assert s["closed_by_reason"] == {"idle": 1}
+    assert (s["size"], s["idle"], s["in_use"]) == (2, 2, 0)
+
+
+def test_max_uses() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, max_uses=3)
+    first = None
+    for i in range(3):
+        slot = pool.getconn(driver.opener("first"))
+        first = first or slot
+        assert slot is first and slot.uses == i + 1
+        pool.putconn(slot)
+    assert first.conn.closed
+    s = pool.stats()
+    assert s["closed_by_reason"] == {"uses": 1}
+    assert (s["size"], s["idle"]) == (0, 0)
+    nxt = pool.getconn(driver.opener("second"))
+    assert nxt is not first and nxt.conn.tag == "second" and nxt.uses == 1
+
+
+def test_max_uses_counts_handed_over_checkouts() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, max_uses=2, timeout=DEADLINE)
+    slot = pool.getconn(driver.opener())
+    w = Worker(lambda: pool.getconn(driver.opener()))
+    w.start()
+    wait_for_waiters(pool, 1)
+    pool.putconn(slot)
+    got = w.finish()
+    assert got is slot and got.uses == 2
+    pool.putconn(got)
+    assert slot.conn.closed
+    assert pool.stats()["closed_by_reason"] == {"uses": 1}
+
+
+# -- pre_ping --------------------------------------------------------------------------
+
+
+def test_pre_ping_true_pings_every_reuse() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, pre_ping=True)
+    slot = pool.getconn(driver.opener())
+    assert slot.conn.pings == 0  # a fresh connection is not pinged
+    for _ in range(3):
+        pool.putconn(slot)
+        assert pool.getconn(driver.opener()) is slot
+    assert slot.conn.pings == 3
+    s = pool.stats()
+    assert (s["pings"], s["ping_failures"], s["connects"]) == (3, 0, 1)
+
+
+def test_pre_ping_false_never_pings() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, pre_ping=False, max_idle=None)
+    slot = pool.getconn(driver.opener())
+    for _ in range(3):
+        pool.putconn(slot)
+        slot.last_used = time.monotonic() - 10_000
+        assert pool.getconn(driver.opener()) is slot
+    assert driver.pinged == []
+    assert pool.stats()["pings"] == 0
+
+
+def test_pre_ping_after_idleness() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, pre_ping=0.5, max_idle=None)
+    slot = pool.getconn(driver.opener())
+    pool.putconn(slot)
+    assert pool.getconn(driver.opener()) is slot  # just returned: no ping
+    assert slot.conn.pings == 0
+    pool.putconn(slot)
+    slot.last_used = time.monotonic() - 1.0  # idle for longer than 0.5 s
+    assert pool.getconn(driver.opener()) is slot
+    assert slot.conn.pings == 1
+    s = pool.stats()
+    assert (s["pings"], s["ping_failures"]) == (1, 0)
+
+
+def test_failed_ping_reconnects_transparently() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, pre_ping=True)
+    old = pool.getconn(driver.opener("old"))
+    pool.putconn(old)
+    driver.fail_ping = True
+    new = pool.getconn(driver.opener("new"))
+    assert new is not old and new.conn.tag == "new"
+    assert old.conn.closed and old.conn.pings == 1
+    s = pool.stats()
+    assert (s["pings"], s["ping_failures"], s["connects"]) == (1, 1, 2)
+    assert s["closed_by_reason"] == {"ping_failed": 1}
+    assert (s["size"], s["in_use"], s["checkouts"]) == (1, 1, 2)
+
+
+# -- connect errors and discards -------------------------------------------------------
+
+
+def test_connect_error_releases_capacity() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1)
+    driver.connect_error = ConnectionRefusedError("no server")
+    with pytest.raises(ConnectionRefusedError, match="no server"):
+        pool.getconn(driver.opener())
+    s = pool.stats()
+    assert s["size"] == 0 and s["connect_errors"] == 1
+    assert s["connects"] == 0 and s["checkouts"] == 0
+    driver.connect_error = None
+    slot = pool.getconn(driver.opener())
+    assert slot.conn is driver.created[0]
+    assert pool.stats()["size"] == 1
+
+
+def test_connect_error_hands_capacity_to_waiter() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=DEADLINE)
+    started, go = threading.Event(), threading.Event()
+
+    def failing_opener() -> FakeConnection:
+        started.set()
+        assert go.wait(DEADLINE)
+        raise ConnectionResetError("handshake failed")
+
+    first = Worker(lambda: pool.getconn(failing_opener))
+    first.start()
+    assert started.wait(DEADLINE)  # holds the only capacity while connecting
+    second = Worker(lambda: pool.getconn(driver.opener("waiter's own")))
+    second.start()
+    wait_for_waiters(pool, 1)
+    go.set()
+    first.finish()
+    got = second.finish()
+    assert isinstance(first.error, ConnectionResetError)
+    assert second.error is None
+    assert got.conn.tag == "waiter's own"  # it connected itself
+    s = pool.stats()
+    consistent(s)
+    assert (s["size"], s["in_use"], s["waiting"]) == (1, 1, 0)
+    assert (s["connect_errors"], s["connects"], s["checkouts"]) == (1, 1, 1)
+
+
+def test_connect_error_after_stale_idle_releases_capacity() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, pre_ping=True)
+    slot = pool.getconn(driver.opener())
+    pool.putconn(slot)
+    driver.fail_ping = True
+    driver.connect_error = OSError("down")
+    with pytest.raises(OSError, match="down"):
+        pool.getconn(driver.opener())
+    s = pool.stats()
+    assert (s["size"], s["idle"]) == (0, 0)
+    assert (s["connect_errors"], s["ping_failures"]) == (1, 1)
+
+
+def test_discard_with_reason() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=2)
+    slot = pool.getconn(driver.opener())
+    pool.putconn(slot, discard="broken", reset=True)
+    assert slot.closed and slot.conn.closed
+    s = pool.stats()
+    assert s["closed_by_reason"] == {"broken": 1}
+    assert (s["size"], s["idle"], s["resets"]) == (0, 0, 1)
+
+
+def test_discard_gives_capacity_to_waiter() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=DEADLINE)
+    slot = pool.getconn(driver.opener("broken one"))
+    w = Worker(lambda: pool.getconn(driver.opener("waiter's own")))
+    w.start()
+    wait_for_waiters(pool, 1)
+    pool.putconn(slot, discard="in_transaction")
+    got = w.finish()
+    assert w.error is None and got.conn.tag == "waiter's own"
+    assert slot.conn.closed
+    s = pool.stats()
+    consistent(s)
+    assert s["closed_by_reason"] == {"in_transaction": 1}
+    assert (s["size"], s["in_use"], s["connects"], s["waiting"]) == (1, 1, 2, 0)
+
+
+def test_reset_counted_on_return() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1)
+    slot = pool.getconn(driver.opener())
+    pool.putconn(slot, reset=True)
+    pool.getconn(driver.opener())
+    pool.putconn(slot)
+    assert pool.stats()["resets"] == 1
+
+
+# -- close, abandon, orphan ------------------------------------------------------------
+
+
+def test_close_idle_now_in_use_on_return() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, name="closing", max_size=3)
+    busy = pool.getconn(driver.opener("busy"))
+    idle = pool.getconn(driver.opener("idle"))
+    pool.putconn(idle)
+    pool.close()
+    assert pool.closed
+    assert idle.conn.closed and not busy.conn.closed
+    s = pool.stats()
+    assert s["closed_by_reason"] == {"pool_closed": 1}
+    assert (s["size"], s["idle"], s["in_use"]) == (1, 0, 1)
+    with pytest.raises(PoolClosed, match="'closing'"):
+        pool.getconn(driver.opener())
+    pool.putconn(busy)
+    assert busy.conn.closed and busy.conn.close_calls == 1
+    s = pool.stats()
+    assert s["closed_by_reason"] == {"pool_closed": 2}
+    assert s["size"] == 0
+    pool.close()  # idempotent
+    assert pool.stats()["size"] == 0
+    assert len(driver.created) == 2
+
+
+def test_close_wakes_waiters_with_pool_closed() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=30)
+    holder = pool.getconn(driver.opener())
+    waiters = []
+    for i in range(3):
+        w = Worker(lambda: pool.getconn(driver.opener()))
+        w.start()
+        wait_for_waiters(pool, i + 1)
+        waiters.append(w)
+    pool.close()
+    for w in waiters:
+        w.finish()
+        assert isinstance(w.error, PoolClosed)
+        assert w.elapsed is not None and w.elapsed < 5  # woken, not timed out
+    assert pool.stats()["waiting"] == 0
+    pool.putconn(holder)
+    s = pool.stats()
+    assert holder.conn.closed
+    assert (s["size"], s["connects"]) == (0, 1)
+
+
+def test_close_everything() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=3)
+    a = pool.getconn(driver.opener("a"))
+    b = pool.getconn(driver.opener("b"))
+    c = pool.getconn(driver.opener("c"))
+    pool.putconn(c)
+    pool.close(everything=True)
+    assert all(s.conn.closed and s.conn.close_calls == 1 for s in (a, b, c))
+    assert all(s.closed for s in (a, b, c))
+    s = pool.stats()
+    assert s["closed_by_reason"] == {"pool_closed": 3}
+    assert (s["size"], s["idle"], s["in_use"]) == (0, 0, 0)
+    pool.putconn(a)  # no-op: already closed
+    pool.putconn(b, discard="broken")  # no-op too
+    assert a.conn.close_calls == 1 and b.conn.close_calls == 1
+    s = pool.stats()
+    assert s["size"] == 0
+    assert s["closed_by_reason"] == {"pool_closed": 3}
+    with pytest.raises(PoolClosed):
+        pool.getconn(driver.opener())
+
+
+def test_close_everything_while_connecting() -> None:
+    # A checkout that reserved capacity and connects during close() is closed
+    # when it comes back, and the size ends at zero.
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=2)
+    started, go = threading.Event(), threading.Event()
+
+    def slow_opener() -> FakeConnection:
+        started.set()
+        assert go.wait(DEADLINE)
+        return driver.connect("late")
+
+    w = Worker(lambda: pool.getconn(slow_opener))
+    w.start()
+    assert started.wait(DEADLINE)
+    pool.close(everything=True)
+    go.set()
+    slot = w.finish()
+    assert w.error is None and not slot.conn.closed
+    assert pool.stats()["size"] == 1
+    pool.putconn(slot)
+    assert slot.conn.closed
+    s = pool.stats()
+    assert s["size"] == 0 and s["closed_by_reason"] == {"pool_closed": 1}
+
+
+def test_abandon() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=3)
+    busy = pool.getconn(driver.opener("busy"))
+    idle = pool.getconn(driver.opener("idle"))
+    pool.putconn(idle)
+    before = pool.stats()
+    pool.abandon()
+    assert pool.closed
+    assert driver.closed == []  # not a byte through the driver's close
+    assert {c.id for c in driver.abandoned} == {busy.conn.id, idle.conn.id}
+    assert len(driver.abandoned) == 2
+    assert busy.closed and idle.closed
+    pool.putconn(busy)
+    pool.putconn(busy, discard="broken")
+    assert driver.closed == []
+    pool.orphan(busy)
+    with pytest.raises(PoolClosed):
+        pool.getconn(driver.opener())
+    assert driver.closed == []
+    after = pool.stats()
+    assert after["closed_by_reason"] == before["closed_by_reason"] == {}
+    assert after["size"] == before["size"]
+
+
+def test_orphan_reaped_at_next_checkout() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1)
+    lost = pool.getconn(driver.opener("lost"))
+    pool.orphan(lost)
+    assert not lost.conn.closed  # nothing happens until the next checkout
+    assert pool.stats()["size"] == 1
+    new = pool.getconn(driver.opener("new"), timeout=1)
+    assert new.conn.tag == "new"
+    assert lost.closed and lost.conn.closed
+    s = pool.stats()
+    assert s["closed_by_reason"] == {"leaked": 1}
+    assert (s["size"], s["in_use"], s["connects"]) == (1, 1, 2)
+    # A late putconn of the leaked slot is a no-op.
+    pool.putconn(lost)
+    assert pool.stats()["size"] == 1 and lost.conn.close_calls == 1
+
+
+def test_orphan_already_returned_is_skipped() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1)
+    slot = pool.getconn(driver.opener())
+    pool.putconn(slot, discard="broken")
+    pool.orphan(slot)
+    pool.getconn(driver.opener())
+    s = pool.stats()
+    assert s["closed_by_reason"] == {"broken": 1}
+    assert s["size"] == 1
+
+
+def test_orphan_capacity_goes_to_waiter() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=DEADLINE)
+    lost = pool.getconn(driver.opener("lost"))
+    w = Worker(lambda: pool.getconn(driver.opener("waiter's own")))
+    w.start()
+    wait_for_waiters(pool, 1)
+    pool.orphan(lost)
+    # The next checkout reaps; the freed capacity goes to the older waiter.
+    with pytest.raises(PoolTimeout):
+        pool.getconn(driver.opener("late"), timeout=0.05)
+    got = w.finish()
+    assert w.error is None and got.conn.tag == "waiter's own"
+    s = pool.stats()
+    assert s["closed_by_reason"] == {"leaked": 1}
+    assert (s["size"], s["in_use"], s["timeouts"]) == (1, 1, 1)
+
+
+# -- stats -----------------------------------------------------------------------------
+
+
+def test_stats_keys_and_consistency() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=4)
+    s = pool.stats()
+    assert set(s) == {
+        "size", "idle", "in_use", "waiting", "requests", "checkouts", "waits",
+        "timeouts", "rejected", "connects", "connect_errors", "closed",
+        "closed_by_reason", "pings", "ping_failures", "resets", "leaks",
+    }  # fmt: skip
+    assert all(v == 0 for k, v in s.items() if k != "closed_by_reason")
+    assert s["closed_by_reason"] == {}
+
+    slots = [pool.getconn(driver.opener()) for _ in range(3)]
+    pool.putconn(slots[0])
+    pool.putconn(slots[1], discard="broken")
+    s = pool.stats()
+    consistent(s)
+    assert (s["size"], s["idle"], s["in_use"]) == (2, 1, 1)
+    assert (s["requests"], s["checkouts"], s["connects"], s["closed"]) == (3, 3, 3, 1)
+    pool.getconn(driver.opener())
+    s = pool.stats()
+    consistent(s)
+    assert (s["requests"], s["checkouts"], s["connects"]) == (4, 4, 3)
+    # stats() returns a copy, not live state.
+    s["closed_by_reason"]["x"] = 1
+    assert "x" not in pool.stats()["closed_by_reason"]
+
+
+# -- regressions: bugs once found in the core ------------------------------------------------------------
+
+
+def test_checkouts_excludes_waiters_failed_by_close() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=30)
+    holder = pool.getconn(driver.opener())
+    w = Worker(lambda: pool.getconn(driver.opener()))
+    w.start()
+    wait_for_waiters(pool, 1)
+    pool.close()
+    w.finish()
+    assert isinstance(w.error, PoolClosed)
+    s = pool.stats()
+    assert s["requests"] == 2
+    assert s["checkouts"] == 1  # only `holder` was ever checked out
+    pool.putconn(holder)
+
+
+def test_close_everything_racing_discard() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=2)
+    slot = pool.getconn(driver.opener())
+    driver.gate_conn = slot.conn  # its first driver.close() blocks
+    returner = Worker(lambda: pool.putconn(slot, discard="broken"))
+    returner.start()
+    assert driver.close_entered.wait(DEADLINE)  # putconn is inside driver.close
+    pool.close(everything=True)  # slot is still in _slots: forgotten again
+    driver.close_gate.set()
+    returner.finish()
+    assert returner.error is None
+    s = pool.stats()
+    assert s["size"] == 0  # core: -1
+    assert s["closed"] == 1  # core: 2 ("broken" and "pool_closed")
+    assert slot.conn.close_calls == 1  # core: 2
