@@ -1,10 +1,30 @@
 """System checks: ``manage.py check`` reports bad pool settings before a request does.
 
-Ids are stable and never reused.
+Ids are stable and never reused:
+
+======================== ===================================================================
+``E001``                 ``POOL`` (or ``OPTIONS["pool"]``) is invalid
+``E002``                 both ``POOL`` and ``OPTIONS["pool"]`` are set
+``E003``                 Django's own psycopg_pool is, or would be, active behind ours
+``W001``                 ``CONN_MAX_AGE`` is not 0
+``W002``  (database)     worst-case connections exceed the server's (or PgBouncer's) limit
+``W003``  (database)     the server could not be reached, so nothing was checked
+``W004``  (database)     PgBouncer in transaction mode with server-side cursors enabled
+``E004``  (database)     PgBouncer in transaction mode with psycopg prepared statements on
+``W005``  (database)     behind a connection proxy whose pool mode could not be read
+``E005``  (debug toolbar) ``PoolPanel`` is used but ``django_poolbackend`` is not installed
+======================== ===================================================================
+
+The static checks only read settings. The database-tagged check (run by
+``manage.py check --database ALIAS`` and by ``migrate``) opens one short-lived
+connection per alias outside the pool, so it never leaves a connection checked out
+or a pool started in the checking process.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 from typing import Any
 
 from django.conf import settings
@@ -15,6 +35,31 @@ from . import conf
 
 POOLED_ENGINE_PREFIX = "django_poolbackend."
 
+#: Seconds the database check waits for a server that does not answer.
+CHECK_CONNECT_TIMEOUT = 5
+
+#: PgBouncer pool modes in which a server connection changes between transactions.
+_TRANSACTION_POOLING = ("transaction", "statement")
+
+
+def is_pooled(db: dict) -> bool:
+    """Whether a DATABASES entry uses django_poolbackend (directly or composed)."""
+    engine = str(db.get("ENGINE", ""))
+    if engine.startswith(POOLED_ENGINE_PREFIX):
+        return True
+    # A third-party backend composed with the mixin (see the README).
+    try:
+        from django.db.utils import load_backend
+
+        from .mixin import PooledDatabaseWrapperMixin
+
+        return issubclass(load_backend(engine).DatabaseWrapper, PooledDatabaseWrapperMixin)
+    except Exception:  # Django's own checks report an ENGINE that doesn't load.
+        return False
+
+
+# -- static checks (no I/O) -------------------------------------------------------
+
 
 def check_pool_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     return pool_settings_messages(settings.DATABASES)
@@ -23,8 +68,22 @@ def check_pool_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.C
 def pool_settings_messages(databases: dict[str, dict]) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
     for alias, db in databases.items():
-        if not str(db.get("ENGINE", "")).startswith(POOLED_ENGINE_PREFIX):
+        if not is_pooled(db):
             continue
+        options = db.get("OPTIONS") or {}
+        if "pool" in options and db.get("POOL") is not None:
+            errors.append(
+                checks.Error(
+                    f"DATABASES[{alias!r}] sets both 'POOL' and OPTIONS['pool']; "
+                    "django_poolbackend reads either one as the pool settings, and "
+                    "would not know which one you meant.",
+                    hint="Keep only 'POOL' (OPTIONS['pool'] is accepted so that a project "
+                    "moving from Django's built-in pool only changes ENGINE).",
+                    id="django_poolbackend.E002",
+                )
+            )
+            # Still report what is wrong inside POOL itself.
+            db = {**db, "OPTIONS": {k: v for k, v in options.items() if k != "pool"}}
         _, config = conf.prepare(db, alias)
         if isinstance(config, ImproperlyConfigured):
             errors.append(
@@ -49,4 +108,382 @@ def pool_settings_messages(databases: dict[str, dict]) -> list[checks.CheckMessa
                     id="django_poolbackend.W001",
                 )
             )
+        errors.extend(_stock_pool_messages(alias, db))
     return errors
+
+
+def _stock_pool_messages(alias: str, db: dict) -> list[checks.CheckMessage]:
+    """E003: what can make Django's own psycopg_pool run behind ours.
+
+    Detectable without I/O: (1) the ENGINE's wrapper class resolves ``__init__``,
+    ``connect`` or ``_close`` to a stock class ahead of the mixin (the mixin listed
+    after the stock wrapper), so ``OPTIONS["pool"]`` is never taken out and our
+    pool never runs; (2) a live wrapper of this process still has
+    ``OPTIONS["pool"]`` (the settings were changed after it was built);
+    (3) Django's class-level registry of its own pools holds this alias.
+    Not detectable: code that builds a psycopg_pool by hand.
+    """
+    from .mixin import PooledDatabaseWrapperMixin
+
+    out: list[checks.CheckMessage] = []
+    hint = (
+        "Put PooledDatabaseWrapperMixin first in the bases of the DatabaseWrapper "
+        "(class DatabaseWrapper(PooledDatabaseWrapperMixin, base.DatabaseWrapper)), and "
+        "configure the pool only through DATABASES[alias]['POOL'] in the settings."
+    )
+    try:
+        from django.db.utils import load_backend
+
+        cls = load_backend(str(db.get("ENGINE", ""))).DatabaseWrapper
+    except Exception:
+        return out
+    overridden = [
+        name
+        for name in ("__init__", "connect", "_close")
+        if not _resolves_to_mixin(cls, name, PooledDatabaseWrapperMixin)
+    ]
+    if overridden:
+        out.append(
+            checks.Error(
+                f"DATABASES[{alias!r}]['ENGINE'] = {db.get('ENGINE')!r}: its DatabaseWrapper "
+                f"takes {', '.join(overridden)} from the stock backend, not from "
+                "django_poolbackend, so the pool is bypassed and Django's own pool "
+                "(OPTIONS['pool']) or a connection per request is used instead.",
+                hint=hint,
+                id="django_poolbackend.E003",
+            )
+        )
+        return out
+    stock_pools = getattr(cls, "_connection_pools", None)
+    if isinstance(stock_pools, dict) and alias in stock_pools:
+        out.append(
+            checks.Error(
+                f"Django's own connection pool (psycopg_pool) is open for "
+                f"DATABASES[{alias!r}] in this process, behind django_poolbackend's pool.",
+                hint=hint,
+                id="django_poolbackend.E003",
+            )
+        )
+        return out
+    from django.db import connections
+
+    try:
+        live_options = connections[alias].settings_dict.get("OPTIONS") or {}
+    except Exception:  # not this process's settings (a dict passed in by a caller)
+        live_options = {}
+    if "pool" in live_options:
+        out.append(
+            checks.Error(
+                f"The connection of DATABASES[{alias!r}] has OPTIONS['pool'] although "
+                "django_poolbackend took it out when the connection was built: the "
+                "settings were changed afterwards, and Django's own pool would start.",
+                hint=hint,
+                id="django_poolbackend.E003",
+            )
+        )
+    return out
+
+
+def _resolves_to_mixin(cls: type, name: str, mixin: type) -> bool:
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            # An override in a subclass of the mixin is the user's own (and
+            # calls super()); one in a stock class ahead of the mixin is not.
+            return issubclass(klass, mixin)
+    return False
+
+
+# -- database check (one short connection per alias) --------------------------------
+
+
+def check_server_limits(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    if not databases:
+        return []
+    from django.db import connections
+
+    out: list[checks.CheckMessage] = []
+    for alias in databases:
+        try:
+            settings_dict = connections[alias].settings_dict
+        except Exception:
+            continue
+        if is_pooled(settings_dict):
+            out.extend(server_messages(alias, settings_dict))
+    return out
+
+
+def expected_processes(config: Any) -> tuple[int | None, str]:
+    """The process count of the worst case, and where it came from."""
+    if config.expected_processes is not None:
+        return config.expected_processes, "POOL['expected_processes']"
+    raw = os.environ.get("WEB_CONCURRENCY", "").strip()
+    if raw.isdigit() and int(raw) >= 1:
+        return int(raw), "WEB_CONCURRENCY"
+    return None, ""
+
+
+def server_messages(alias: str, settings_dict: dict) -> list[checks.CheckMessage]:
+    """The database-tagged messages for one alias; *settings_dict* as a wrapper has it."""
+    from django.db.utils import load_backend
+
+    _, config = conf.prepare(settings_dict, alias)
+    if isinstance(config, ImproperlyConfigured):
+        return []  # E001 already says why.
+    wrapper = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(
+        copy.deepcopy(settings_dict), alias
+    )
+    password = settings_dict.get("PASSWORD") or ""
+    try:
+        facts = _server_facts(wrapper, settings_dict)
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        if password:
+            detail = detail.replace(password, "********")
+        return [
+            checks.Warning(
+                f"Could not check the connection limits of DATABASES[{alias!r}]: "
+                f"{type(exc).__name__}: {detail}",
+                hint="Run `manage.py check --database` again when the server is reachable.",
+                id="django_poolbackend.W003",
+            )
+        ]
+    return _limit_messages(alias, config, facts) + _pgbouncer_messages(
+        alias, settings_dict, facts
+    )
+
+
+def _server_facts(wrapper: Any, settings_dict: dict) -> dict[str, Any]:
+    params = wrapper._dpb_params() if hasattr(wrapper, "_dpb_params") else (
+        wrapper.get_connection_params()
+    )
+    params.setdefault("connect_timeout", CHECK_CONNECT_TIMEOUT)
+    conn = wrapper.get_new_connection(params)
+    try:
+        if wrapper.vendor == "postgresql":
+            facts = _postgresql_facts(conn)
+            if facts["proxied"]:
+                facts["pgbouncer"] = _pgbouncer_admin(wrapper, params, settings_dict)
+            else:
+                facts["pgbouncer"] = None
+            facts["prepare_threshold"] = getattr(conn, "prepare_threshold", None)
+            return facts
+        if wrapper.vendor == "mysql":
+            return _mysql_facts(conn)
+        return {"limits": []}
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
+def _rows(conn: Any, sql: str) -> list[tuple]:
+    cursor = conn.cursor()
+    try:
+        cursor.execute(sql)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+def _postgresql_facts(conn: Any) -> dict[str, Any]:
+    (row,) = _rows(
+        conn,
+        "SELECT current_setting('max_connections')::int, "
+        "current_setting('superuser_reserved_connections')::int, "
+        "coalesce(current_setting('reserved_connections', true), '0')::int, "
+        "(SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user), "
+        "(SELECT datconnlimit FROM pg_database WHERE datname = current_database()), "
+        "pg_backend_pid()",
+    )
+    max_conn, su_reserved, reserved, role_limit, db_limit, backend_pid = row
+    conn.rollback()
+    usable = max_conn - su_reserved - reserved
+    how = f"max_connections {max_conn} - superuser_reserved_connections {su_reserved}"
+    if reserved:
+        how += f" - reserved_connections {reserved}"
+    limits = [(usable, f"the server allows {usable} ({how})")]
+    if role_limit is not None and role_limit >= 0:
+        limits.append((role_limit, f"the role's CONNECTION LIMIT is {role_limit}"))
+    if db_limit is not None and db_limit >= 0:
+        limits.append((db_limit, f"the database's CONNECTION LIMIT is {db_limit}"))
+    # PgBouncer (and other proxies) answer the startup with a backend key of their
+    # own: the client-side pid then differs from the server's pg_backend_pid().
+    info = getattr(conn, "info", None)
+    client_pid = getattr(info, "backend_pid", None)
+    version = ""
+    if info is not None and hasattr(info, "parameter_status"):
+        version = info.parameter_status("server_version") or ""
+    proxied = "bouncer" in version.lower() or (
+        client_pid is not None and client_pid != backend_pid
+    )
+    return {"limits": limits, "proxied": proxied}
+
+
+def _mysql_facts(conn: Any) -> dict[str, Any]:
+    ((max_conn, max_user),) = _rows(conn, "SELECT @@max_connections, @@max_user_connections")
+    limits = [(int(max_conn), f"the server allows {int(max_conn)} (max_connections)")]
+    if max_user and int(max_user) > 0:
+        limits.append(
+            (int(max_user), f"the account may open {int(max_user)} (max_user_connections)")
+        )
+    return {"limits": limits}
+
+
+def _pgbouncer_admin(wrapper: Any, params: dict, settings_dict: dict) -> dict[str, Any]:
+    """PgBouncer's own view, from its admin console (``SHOW POOLS``, ``SHOW CONFIG``).
+
+    Only users listed in PgBouncer's ``admin_users``/``stats_users`` may ask; for
+    anyone else the pool mode stays unknown.
+    """
+    admin_params = {
+        k: v for k, v in params.items() if k not in ("context", "cursor_factory", "database")
+    }
+    admin_params["dbname"] = "pgbouncer"
+    try:
+        conn = wrapper.Database.connect(**admin_params)
+    except Exception:
+        return {"mode": None}
+    try:
+        conn.autocommit = True
+        pools = _simple_query(conn, "SHOW POOLS")
+        config = dict((row[0], row[1]) for row in _simple_query(conn, "SHOW CONFIG"))
+    except Exception:
+        return {"mode": None}
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            pass
+    mode = None
+    database = settings_dict.get("NAME") or ""
+    user = settings_dict.get("USER") or ""
+    for row in pools:
+        # database, user, ..., pool_mode (the last column).
+        if row[0] == database and (not user or row[1] == user):
+            mode = row[-1]
+            break
+    mode = mode or config.get("pool_mode")
+    prepared = config.get("max_prepared_statements") or "0"
+    max_client = config.get("max_client_conn")
+    return {
+        "mode": mode,
+        "prepared_statements": prepared.isdigit() and int(prepared) > 0,
+        "max_client_conn": int(max_client) if max_client and max_client.isdigit() else None,
+    }
+
+
+def _simple_query(conn: Any, sql: str) -> list[tuple]:
+    # PgBouncer's admin console speaks only the simple query protocol.
+    pgconn = getattr(conn, "pgconn", None)
+    if pgconn is None:  # psycopg2 always uses it.
+        return _rows(conn, sql)
+    result = pgconn.exec_(sql.encode())
+    if result.status != 2:  # TUPLES_OK
+        raise conn.OperationalError(f"{sql} failed")
+    return [
+        tuple(
+            None if (v := result.get_value(r, c)) is None else v.decode()
+            for c in range(result.nfields)
+        )
+        for r in range(result.ntuples)
+    ]
+
+
+def _limit_messages(alias: str, config: Any, facts: dict) -> list[checks.CheckMessage]:
+    processes, source = expected_processes(config)
+    worst = config.max_size * (processes or 1)
+    bouncer = facts.get("pgbouncer") or {}
+    if facts.get("proxied"):
+        # Behind a proxy the server's limit is the proxy's business; ours is
+        # the proxy's client limit, when it can be read.
+        max_client = bouncer.get("max_client_conn")
+        limits = [] if max_client is None else [
+            (max_client, f"PgBouncer accepts {max_client} clients (max_client_conn)")
+        ]
+    else:
+        limits = facts["limits"]
+    out: list[checks.CheckMessage] = []
+    for limit, described in sorted(limits, key=lambda item: item[0]):
+        if worst <= limit:
+            continue
+        if processes is None:
+            count = f"POOL['max_size'] is {config.max_size} in a single process"
+        else:
+            count = (
+                f"up to {config.max_size} x {processes} processes = {worst} connections "
+                f"(POOL['max_size'] x {source})"
+            )
+        out.append(
+            checks.Warning(
+                f"DATABASES[{alias!r}]: {count}, but {described}.",
+                hint="Lower POOL['max_size'], run fewer processes, or raise the limit; "
+                "other clients need connections too. Set POOL['expected_processes'] "
+                "(or WEB_CONCURRENCY) to the number of processes that serve this "
+                "settings file so this check can compute the real worst case.",
+                id="django_poolbackend.W002",
+            )
+        )
+        break  # the tightest limit says enough
+    return out
+
+
+def _pgbouncer_messages(
+    alias: str, settings_dict: dict, facts: dict
+) -> list[checks.CheckMessage]:
+    if not facts.get("proxied"):
+        return []
+    bouncer = facts.get("pgbouncer") or {}
+    mode = bouncer.get("mode")
+    if mode is not None and mode not in _TRANSACTION_POOLING:
+        return []  # session pooling keeps a server connection per client.
+    cursors_on = settings_dict.get("DISABLE_SERVER_SIDE_CURSORS") is not True
+    prepared_on = facts.get("prepare_threshold") is not None and not bouncer.get(
+        "prepared_statements"
+    )
+    out: list[checks.CheckMessage] = []
+    if mode is None:
+        risky = []
+        if cursors_on:
+            risky.append("server-side cursors (DISABLE_SERVER_SIDE_CURSORS is not True)")
+        if prepared_on:
+            risky.append("psycopg prepared statements (prepare_threshold is not None)")
+        if risky:
+            out.append(
+                checks.Warning(
+                    f"DATABASES[{alias!r}] reaches PostgreSQL through a connection proxy "
+                    "(PgBouncer or similar) whose pool mode could not be read; in "
+                    "transaction mode these break: " + "; ".join(risky) + ".",
+                    hint="If the proxy pools by transaction, set "
+                    "DISABLE_SERVER_SIDE_CURSORS = True and OPTIONS['prepare_threshold'] "
+                    "= None. Listing the user in PgBouncer's stats_users lets this check "
+                    "read the mode.",
+                    id="django_poolbackend.W005",
+                )
+            )
+        return out
+    if cursors_on:
+        out.append(
+            checks.Warning(
+                f"DATABASES[{alias!r}] goes through PgBouncer in {mode} mode with "
+                "server-side cursors enabled: QuerySet.iterator() outside a transaction "
+                "fails with 'cursor does not exist'.",
+                hint=f"Set DATABASES[{alias!r}]['DISABLE_SERVER_SIDE_CURSORS'] = True.",
+                id="django_poolbackend.W004",
+            )
+        )
+    if prepared_on:
+        out.append(
+            checks.Error(
+                f"DATABASES[{alias!r}] goes through PgBouncer in {mode} mode with psycopg's "
+                f"prepared statements on (prepare_threshold={facts['prepare_threshold']!r}): "
+                "a query run often enough is prepared on one server connection and "
+                "fails on the next ('prepared statement ... does not exist').",
+                hint=f"Set DATABASES[{alias!r}]['OPTIONS']['prepare_threshold'] = None, or "
+                "enable max_prepared_statements in PgBouncer 1.21+.",
+                id="django_poolbackend.E004",
+            )
+        )
+    return out

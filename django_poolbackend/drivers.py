@@ -7,7 +7,12 @@ message.
 
 from __future__ import annotations
 
+import heapq
 import os
+import select
+import socket
+import threading
+from time import monotonic
 from typing import Any
 
 #: What ``Driver.state()`` says of a connection being returned.
@@ -47,7 +52,10 @@ class Driver:
                 os.close(devnull)
         self.close(conn)
 
-    def ping(self, conn: Any) -> None:
+    def ping(self, conn: Any, timeout: float | None = None) -> None:
+        """Raise unless the server answers within *timeout* seconds (None: no
+        bound). A check that times out leaves the socket shut down, so closing the
+        connection afterwards cannot block either."""
         raise NotImplementedError
 
     def state(self, conn: Any) -> int | None:
@@ -65,12 +73,33 @@ class PsycopgDriver(Driver):
         self._empty_query = pq.ExecStatus.EMPTY_QUERY
         self._ok = pq.ConnStatus.OK
         self._idle = pq.TransactionStatus.IDLE
+        self._command_ok = pq.ExecStatus.COMMAND_OK
 
-    def ping(self, conn: Any) -> None:
+    def ping(self, conn: Any, timeout: float | None = None) -> None:
         # An empty query is the lightest full round trip PostgreSQL answers; going
         # through libpq directly keeps psycopg from opening a transaction for it.
-        result = conn.pgconn.exec_(b"")
-        if result.status != self._empty_query:
+        # It is sent and awaited by hand (psycopg keeps libpq non-blocking), so the
+        # wait for the answer has a deadline: exec_() would wait forever on a
+        # network that silently drops packets.
+        pgconn = conn.pgconn
+        deadline = None if timeout is None else monotonic() + timeout
+        fd = pgconn.socket
+        try:
+            pgconn.send_query(b"")
+            while pgconn.flush():
+                _wait_io(fd, select.POLLOUT, deadline)
+            pgconn.consume_input()
+            while pgconn.is_busy():
+                _wait_io(fd, select.POLLIN, deadline)
+                pgconn.consume_input()
+        except TimeoutError:
+            _shutdown(fd)
+            raise conn.OperationalError(_no_answer(timeout)) from None
+        status = None
+        while (result := pgconn.get_result()) is not None:
+            if status is None:
+                status = result.status
+        if status != self._empty_query:
             raise conn.OperationalError("liveness check failed: " + conn.pgconn.get_error_message())
 
     def state(self, conn: Any) -> int:
@@ -81,27 +110,37 @@ class PsycopgDriver(Driver):
             return BROKEN
         return IDLE if pgconn.transaction_status == self._idle else IN_TRANSACTION
 
-    def full_reset(self, conn: Any) -> None:
-        # DISCARD ALL can't run in a transaction block; psycopg clears its own
-        # prepared-statement cache when it sees the command go through.
-        autocommit = conn.autocommit
-        if not autocommit:
-            conn.autocommit = True
-        try:
-            conn.execute("DISCARD ALL")
-        finally:
-            if not autocommit:
-                conn.autocommit = False
+    def full_reset(self, conn: Any, params: Any = None) -> None:
+        # Straight through libpq, like the ping: psycopg would otherwise count the
+        # command in its statement cache (and prepare it past prepare_threshold),
+        # and once it has seen one DISCARD ALL while nothing was prepared, it no
+        # longer notices later ones dropping its prepared statements: the next
+        # request then fails with
+        # 'prepared statement "_pg3_0" does not exist'. The connection is idle
+        # here (rolled back first), so no transaction block is in the way.
+        pgconn = conn.pgconn
+        result = pgconn.exec_(b"DISCARD ALL")
+        if result.status != self._command_ok:
+            raise conn.OperationalError("DISCARD ALL failed: " + pgconn.get_error_message())
+        # The server forgot every prepared statement: so must psycopg, or it
+        # would EXECUTE names that no longer exist. ``clear()`` also queues a
+        # DEALLOCATE ALL for the next query, which DISCARD ALL made pointless.
+        prepared = getattr(conn, "_prepared", None)
+        if prepared is not None and prepared.clear():
+            to_flush = getattr(prepared, "_to_flush", None)
+            if to_flush is not None:
+                to_flush.clear()
 
 
 class Psycopg2Driver(Driver):
     name = "psycopg2"
 
-    def ping(self, conn: Any) -> None:
-        with conn.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        if not conn.autocommit:
-            conn.rollback()
+    def ping(self, conn: Any, timeout: float | None = None) -> None:
+        with _Watchdog(conn, timeout):
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            if not conn.autocommit:
+                conn.rollback()
 
     def state(self, conn: Any) -> int:
         if conn.closed:
@@ -112,7 +151,7 @@ class Psycopg2Driver(Driver):
             return BROKEN
         return IDLE if status == 0 else IN_TRANSACTION
 
-    def full_reset(self, conn: Any) -> None:
+    def full_reset(self, conn: Any, params: Any = None) -> None:
         autocommit = conn.autocommit
         conn.autocommit = True
         try:
@@ -124,10 +163,299 @@ class Psycopg2Driver(Driver):
 
 class MySQLdbDriver(Driver):
     name = "mysqlclient"
+    #: The client library's mysql_reset_connection() bound to a mysqlclient
+    #: connection (None: not looked up yet; False: not usable here).
+    _reset_connection: Any = None
+    #: The client library's copy of the server status flags, likewise.
+    _server_status: Any = None
 
-    def ping(self, conn: Any) -> None:
-        # COM_PING; mysqlclient >= 2.2 never reconnects behind our back here.
-        conn.ping()
+    def state(self, conn: Any) -> int | None:
+        # The server status flags of the last OK packet, as the client library
+        # kept them: no round trip, and unlike Django's view they see a raw
+        # START TRANSACTION or SET autocommit=0. Only MariaDB Connector/C exposes
+        # them (mariadb_get_info); elsewhere Django's view decides (None).
+        if not conn.open:
+            return BROKEN
+        status = self._server_status
+        if status is None:
+            status = self._server_status = _bind_server_status(conn)
+        if not status:
+            return None
+        flags = status(conn)
+        if flags & _SERVER_STATUS_IN_TRANS or not flags & _SERVER_STATUS_AUTOCOMMIT:
+            return IN_TRANSACTION
+        return IDLE
+
+    def full_reset(self, conn: Any, params: Any) -> None:
+        """Wipe the session, then redo the set-up the connect itself did.
+
+        COM_RESET_CONNECTION (one round trip, no re-authentication) when the
+        client library's function can be reached, COM_CHANGE_USER otherwise (a
+        login again, with the credentials of a new connection). Both drop user
+        variables, temporary tables, prepared statements, LOCK TABLES and
+        GET_LOCK() locks, and put every session variable back to its global value,
+        which also undoes the connect options ``init_command`` and ``collation``:
+        those are replayed here. *params(credentials)* gives the connect
+        parameters; with ``credentials=True`` fresh ones, through
+        ``connect_params``.
+        """
+        if not conn.open:
+            # The C struct is freed: nothing may touch it.
+            raise conn.OperationalError(2006, "the connection is closed")
+        reset = self._reset_connection
+        if reset is None:
+            reset = self._reset_connection = _bind_reset_connection(conn)
+        if reset:
+            if reset(conn) != 0:
+                raise conn.OperationalError(conn.errno(), conn.error())
+            setup = params(credentials=False)
+        else:
+            setup = params(credentials=True)
+            # The error of a refused login names the user, never the password.
+            conn.change_user(
+                setup.get("user", ""), setup.get("password", ""), setup.get("database")
+            )
+        charset = setup.get("charset")
+        collation = setup.get("collation")
+        # MariaDB puts the session back to the character set of the handshake,
+        # MySQL to the server's default. And the client library follows a SET NAMES
+        # (it decodes results with it) but not the reset: it still believes what
+        # the last request set. So both sides are set again unless both are known
+        # to be right already.
+        if charset and (
+            collation
+            or conn.character_set_name() != charset
+            or "MariaDB" not in conn.get_server_info()
+        ):
+            conn.set_character_set(charset, collation)
+        init_command = setup.get("init_command")
+        if init_command:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(init_command)
+                while cursor.nextset():
+                    pass
+            finally:
+                cursor.close()
+
+    def ping(self, conn: Any, timeout: float | None = None) -> None:
+        # COM_PING; mysqlclient >= 2.2 never reconnects behind our back here. It
+        # blocks for OPTIONS['read_timeout'] at most (forever if unset), and
+        # libmariadb waits with poll(), so SO_RCVTIMEO can't bound it: a watchdog
+        # shuts the socket down at the deadline, which ends the wait at once.
+        with _Watchdog(conn, timeout):
+            conn.ping()
+
+
+def _no_answer(timeout: float | None) -> str:
+    return (
+        f"liveness check: no answer from the server within {timeout:g} s "
+        "(network or server unresponsive); the connection is discarded."
+    )
+
+
+def _wait_io(fd: int, events: int, deadline: float | None) -> None:
+    """Wait until *fd* is ready for *events*; TimeoutError at *deadline*."""
+    poller = select.poll()
+    poller.register(fd, events)
+    if deadline is None:
+        poller.poll()
+        return
+    remaining = deadline - monotonic()
+    if remaining <= 0 or not poller.poll(remaining * 1000.0):
+        raise TimeoutError
+
+
+def _shutdown(fd: int) -> None:
+    """Shut a connection's socket down (both ways) without closing the descriptor,
+    which stays the driver's. A blocked read on it returns at once, and the
+    driver's later goodbye fails fast instead of waiting on a dead network."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class _Watchdog:
+    """Bounds a blocking driver call: if it outlives *timeout*, the connection's
+    socket is shut down, which makes the call fail at once.
+
+    One thread per process (:class:`_Watchdogs`) serves every bounded call, so a
+    ping costs two short lock sections, not a thread start.
+    """
+
+    __slots__ = ("_conn", "_timeout", "_entry")
+
+    def __init__(self, conn: Any, timeout: float | None) -> None:
+        self._conn = conn
+        self._timeout = timeout
+        self._entry: list | None = None
+
+    def __enter__(self) -> _Watchdog:
+        if self._timeout is not None:
+            self._entry = _watchdogs.arm(self._conn.fileno(), self._timeout)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._entry is not None and _watchdogs.disarm(self._entry):
+            # Even if the call returned just in time: the socket is shut down now.
+            raise self._conn.OperationalError(_no_answer(self._timeout)) from None
+
+
+_ARMED, _DONE, _FIRED = 0, 1, 2
+#: Seconds the watchdog thread lingers with nothing to watch before it ends.
+_WATCHDOG_IDLE_EXIT = 5.0
+
+
+class _Watchdogs:
+    """The thread behind :class:`_Watchdog`: a heap of deadlines, one lock.
+
+    An entry is ``[fd, state]``. The thread shuts a descriptor down only while its
+    entry is armed, under the lock the caller takes to disarm it on the way out,
+    so it can never touch a descriptor that was closed and reused meanwhile.
+    Disarmed entries are dropped lazily when they reach the top of the heap. The
+    thread is started by the first bounded call and ends after a few idle seconds,
+    so a quiet process runs no extra thread; in a forked child everything starts
+    afresh.
+    """
+
+    def __init__(self) -> None:
+        self._reinit()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reinit)
+
+    def _reinit(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, list]] = []
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, fd: int, timeout: float) -> list:
+        entry = [fd, _ARMED]
+        deadline = monotonic() + timeout
+        with self._cond:
+            self._seq += 1
+            # Wake the thread only if it sleeps past this deadline (nothing armed,
+            # or everything armed expires later).
+            if not self._heap or deadline < self._heap[0][0]:
+                self._cond.notify()
+            heapq.heappush(self._heap, (deadline, self._seq, entry))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="django_poolbackend watchdog", daemon=True
+                )
+                self._thread.start()
+        return entry
+
+    def disarm(self, entry: list) -> bool:
+        """Whether the deadline passed (and the socket was shut down)."""
+        with self._cond:
+            fired = entry[1] == _FIRED
+            entry[1] = _DONE
+        return fired
+
+    def _run(self) -> None:
+        cond, heap = self._cond, self._heap
+        with cond:
+            while True:
+                now = monotonic()
+                while heap and (heap[0][2][1] != _ARMED or heap[0][0] <= now):
+                    _, _, entry = heapq.heappop(heap)
+                    if entry[1] == _ARMED:
+                        entry[1] = _FIRED
+                        _shutdown(entry[0])
+                if heap:
+                    cond.wait(heap[0][0] - now)
+                elif not cond.wait(_WATCHDOG_IDLE_EXIT) and not heap:
+                    # Nothing to watch for a while: end, so that a quiet process
+                    # (a Gunicorn master about to fork) runs no extra thread.
+                    self._thread = None
+                    return
+
+
+_watchdogs = _Watchdogs()
+
+
+def _bind_reset_connection(conn: Any) -> Any:
+    """mysql_reset_connection() of the client library mysqlclient links, as a
+    function of a mysqlclient connection, or False when it can't be reached safely.
+
+    mysqlclient (up to 2.3 at least) has no binding for it, so it is called through
+    ctypes with the address of the ``MYSQL`` struct that mysqlclient's connection
+    object embeds right after the object header. That layout is checked once
+    before it is trusted: the library must find this connection's server thread
+    id at that address. A library without the function (MySQL < 5.7.3, Connector/C
+    < 3.0) or a different layout means COM_CHANGE_USER instead.
+    """
+    try:
+        import ctypes
+
+        from MySQLdb import _mysql
+
+        library = ctypes.CDLL(_mysql.__file__)
+        reset = library.mysql_reset_connection
+        thread_id = library.mysql_thread_id
+    except (ImportError, OSError, AttributeError):
+        return False
+    offset = object.__basicsize__
+    if _mysql.connection.__basicsize__ <= offset or not isinstance(conn, _mysql.connection):
+        return False
+    reset.argtypes = thread_id.argtypes = [ctypes.c_void_p]
+    reset.restype = ctypes.c_int
+    thread_id.restype = ctypes.c_ulong
+    if thread_id(id(conn) + offset) != conn.thread_id():
+        return False
+
+    def reset_connection(conn: Any) -> int:
+        return reset(id(conn) + offset)
+
+    return reset_connection
+
+
+#: MARIADB_CONNECTION_SERVER_STATUS in mysql.h's enum mariadb_value, and the
+#: SERVER_STATUS_IN_TRANS / SERVER_STATUS_AUTOCOMMIT flags of the protocol.
+_MARIADB_CONNECTION_SERVER_STATUS = 30
+_SERVER_STATUS_IN_TRANS, _SERVER_STATUS_AUTOCOMMIT = 1, 2
+
+
+def _bind_server_status(conn: Any) -> Any:
+    """The server status flags of a mysqlclient connection as a function, read by
+    MariaDB Connector/C's mariadb_get_info(), or False where that can't be done
+    safely (another client library, another layout). Same ``MYSQL`` address and
+    the same one-time check as :func:`_bind_reset_connection`, plus one more: the
+    autocommit flag read must agree with mysqlclient's own."""
+    if not _bind_reset_connection(conn):
+        return False
+    import ctypes
+
+    from MySQLdb import _mysql
+
+    try:
+        get_info = ctypes.CDLL(_mysql.__file__).mariadb_get_info
+    except (OSError, AttributeError):
+        return False
+    get_info.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    get_info.restype = ctypes.c_char
+    offset = object.__basicsize__
+    which = _MARIADB_CONNECTION_SERVER_STATUS
+
+    def server_status(conn: Any) -> int:
+        value = ctypes.c_uint(0)
+        get_info(id(conn) + offset, which, ctypes.byref(value))
+        return value.value
+
+    probe = ctypes.c_uint(0)
+    if get_info(id(conn) + offset, which, ctypes.byref(probe)) != b"\x00":
+        return False
+    if bool(probe.value & _SERVER_STATUS_AUTOCOMMIT) != bool(conn.get_autocommit()):
+        return False
+    return server_status
 
 
 def for_module(database_module: Any) -> Driver:

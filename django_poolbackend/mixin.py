@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from os import getpid
 from typing import Any
@@ -28,7 +29,8 @@ from django.db.backends.signals import connection_created
 from django.utils.asyncio import async_unsafe
 from django.utils.module_loading import import_string
 
-from . import conf, drivers, registry
+from . import conf, drivers, publish, registry
+from . import recorder as _recorder
 from .core import Pool, Slot
 from .errors import PoolClosed, PoolTimeout
 
@@ -77,10 +79,14 @@ class PooledDatabaseWrapperMixin:
         self.closed_in_transaction = False
         self.errors_occurred = False
         self.health_check_done = True
+        self.__dict__.pop("_dpb_failed_check", None)
 
         pool = self._dpb_pool()
         self.connection = None
-        slot = pool.getconn(self._dpb_open)
+        if _recorder.active:  # a debug-toolbar panel is recording somewhere
+            slot = _recorder.checkout(self, pool)
+        else:
+            slot = pool.getconn(self._dpb_open)
         self._dpb_slot = slot
         if self.connection is None:
             # Reused: set up when it was opened; only our side needs syncing.
@@ -135,13 +141,8 @@ class PooledDatabaseWrapperMixin:
         pool.background_opener = _background_opener(
             type(self), copy.deepcopy(self.settings_dict), self.alias, pool
         )
-        sd = self.settings_dict
-        pool.extra["identity"] = {
-            "vendor": self.vendor,
-            "host": sd["HOST"] or "",
-            "port": str(sd["PORT"] or ""),
-            "database": sd["NAME"] or "",
-        }
+        pool.extra["identity"] = registry.identity(self.vendor, self.settings_dict)
+        publish.attach(pool)
         return pool
 
     def _dpb_open(self) -> Any:
@@ -155,6 +156,21 @@ class PooledDatabaseWrapperMixin:
             self._dpb_driver.close(conn)
             raise
         return conn
+
+    def get_connection_params(self) -> dict:
+        """PostgreSQL sessions of a pool are named ``dpb:<alias>:<pid>`` unless the
+        user named them (OPTIONS or ``PGAPPNAME``), so ``manage.py poolstats
+        --server`` can tell which process holds which session."""
+        params = super().get_connection_params()  # type: ignore[misc]
+        if (
+            self.vendor == "postgresql"
+            and self._dpb_pooled
+            and not params.get("application_name")
+            and "PGAPPNAME" not in os.environ
+            and not params.get("service")
+        ):
+            params["application_name"] = application_name(self.alias, os.getpid())
+        return params
 
     def _dpb_params(self) -> dict:
         """Django's connection parameters, through the ``connect_params`` hook."""
@@ -178,8 +194,22 @@ class PooledDatabaseWrapperMixin:
         if slot is None:
             return super()._close()  # type: ignore[misc]
         self._dpb_slot = None
-        discard, reset = self._dpb_clean(slot)
+        if self.__dict__.pop("_dpb_failed_check", False):
+            discard, reset = "broken", False
+        else:
+            discard, reset = self._dpb_clean(slot)
         slot.pool.putconn(slot, discard, reset)
+        if _recorder.active:  # a debug-toolbar panel is recording somewhere
+            _recorder.checkin(self, discard, reset)
+
+    def is_usable(self) -> bool:
+        usable = super().is_usable()  # type: ignore[misc]
+        if not usable and self._dpb_slot is not None:
+            # Django closes a connection that fails its own check (CONN_HEALTH_CHECKS,
+            # close_if_unusable_or_obsolete). mysqlclient's client-side state can't
+            # tell that it is dead, so remember the verdict: it must not be pooled.
+            self._dpb_failed_check = True
+        return usable
 
     def _dpb_clean(self, slot: Slot) -> tuple[str | None, bool]:
         """Make the connection fit for the next borrower, or say why it isn't.
@@ -194,11 +224,18 @@ class PooledDatabaseWrapperMixin:
         state = self._dpb_driver.state(conn)
         if state == drivers.BROKEN:
             return "broken", False
+        # The driver's own autocommit flag, client-side (mysqlclient reads it from
+        # the server's last reply): unlike Django's view, it also sees a raw
+        # "SET autocommit = 0" or psycopg's attribute set behind Django's back.
+        get_autocommit = getattr(conn, "get_autocommit", None)
+        driver_autocommit = get_autocommit() if get_autocommit is not None else conn.autocommit
         if state is None:
             # The driver can't tell without a round trip: trust Django's view.
             state = (
                 drivers.IN_TRANSACTION
-                if not self.autocommit or self.needs_rollback or self.errors_occurred
+                if not (self.autocommit and driver_autocommit)
+                or self.needs_rollback
+                or self.errors_occurred
                 else drivers.IDLE
             )
         reset = False
@@ -207,7 +244,7 @@ class PooledDatabaseWrapperMixin:
                 reset = True
                 conn.rollback()
             autocommit = self.settings_dict["AUTOCOMMIT"]
-            if self.autocommit != autocommit:
+            if self.autocommit != autocommit or driver_autocommit != autocommit:
                 reset = True
                 self._set_autocommit(autocommit)
                 self.autocommit = autocommit
@@ -235,14 +272,19 @@ class PooledDatabaseWrapperMixin:
         return None, reset
 
     def _dpb_full_reset(self, conn: Any) -> None:
+        """Wipe the session (``DISCARD ALL``, a MySQL connection reset); the
+        connection's one-time set-up runs again at its next checkout."""
         full_reset = getattr(self._dpb_driver, "full_reset", None)
-        if full_reset is not None:
-            full_reset(conn)
-            return
-        # MySQL/MariaDB: COM_CHANGE_USER wipes the session (variables, temporary
-        # tables, locks, prepared statements) without a new TCP connection.
-        params = self._dpb_params()
-        conn.change_user(params.get("user", ""), params.get("password", ""), params.get("database"))
+        if full_reset is None:
+            raise NotImplementedError(f"reset='full' is not supported with {self._dpb_driver.name}")
+
+        def params(credentials: bool = False) -> dict:
+            # A reset that logs in again needs what a new connection would get
+            # (connect_params: short-lived credentials); one that doesn't, only
+            # Django's own connect options.
+            return self._dpb_params() if credentials else self.get_connection_params()
+
+        full_reset(conn, params)
 
     def __del__(self) -> None:
         # A wrapper dropped while holding a connection (a thread that ended without
@@ -281,6 +323,12 @@ class PooledDatabaseWrapperMixin:
         parent = getattr(super(), "close_pool", None)
         if parent is not None:
             parent()
+
+
+def application_name(alias: str, pid: int) -> str:
+    """``dpb:<alias>:<pid>``, within PostgreSQL's 63 bytes (a long alias is cut)."""
+    tail = f":{pid}"
+    return "dpb:" + alias.encode()[: 63 - 4 - len(tail)].decode(errors="ignore") + tail
 
 
 def _forget_inherited_connections() -> None:

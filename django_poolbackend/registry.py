@@ -15,12 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .core import Pool
+from .core.pool import CLOSE_REASONS
 from .core.maintenance import Maintainer
 
 #: alias -> the pool in use. Read without a lock on the checkout path.
 pools: dict[str, Pool] = {}
 _every: weakref.WeakSet[Pool] = weakref.WeakSet()
 _lock = threading.Lock()
+_NO_CLOSES = dict.fromkeys(CLOSE_REASONS, 0)
 _fork_hooks: list[Callable[[], None]] = []
 _hooks_installed = False
 _exit_hooks_pid = 0
@@ -104,6 +106,7 @@ def retire(alias: str) -> None:
         pool = pools.pop(alias, None)
     if pool is not None:
         pool.close()
+        _publish_quietly(pool, withdraw=False)
 
 
 def close_all() -> None:
@@ -115,6 +118,23 @@ def close_all() -> None:
         pools.clear()
     for pool in current:
         pool.close(everything=True)
+    if current:
+        _publish_quietly(current[0], withdraw=True)
+
+
+def _publish_quietly(pool: Pool, *, withdraw: bool) -> None:
+    # Only processes whose pools publish (the Django layer attached them).
+    if pool.on_tick is None:
+        return
+    from . import publish
+
+    try:
+        if withdraw:
+            publish.withdraw()
+        else:
+            publish.publish(force=True)
+    except Exception:
+        pass  # statistics never stand in the way of closing
 
 
 def _before_fork() -> None:
@@ -147,11 +167,60 @@ def _abandon_inherited() -> None:
 
 
 def stats(alias: str) -> dict[str, Any]:
+    """This process's figures for *alias*: every key always, zeros before first use."""
     pool = pools.get(alias)
-    out: dict[str, Any] = {"alias": alias, "pid": os.getpid()}
-    if pool is None:
-        return out
-    out.update(pool.extra.get("identity", {}))
+    if pool is not None and pool.pid == os.getpid():
+        return pool_figures(pool)
+    return _unused_figures(alias)
+
+
+def identity(vendor: str, settings_dict: dict) -> dict[str, str]:
+    """Where a pool connects, for figures and snapshots: never the password."""
+    return {
+        "vendor": vendor,
+        "host": str(settings_dict.get("HOST") or ""),
+        "port": str(settings_dict.get("PORT") or ""),
+        "database": str(settings_dict.get("NAME") or ""),
+        "user": str(settings_dict.get("USER") or ""),
+    }
+
+
+_NO_IDENTITY = {"vendor": "", "host": "", "port": "", "database": "", "user": ""}
+
+
+def pool_figures(pool: Pool) -> dict[str, Any]:
+    out: dict[str, Any] = {"alias": pool.name, "pid": os.getpid()}
+    out.update(pool.extra.get("identity", _NO_IDENTITY))
     out.update(pool.config.as_dict())
     out.update(pool.stats())
+    out["closed_by_reason"] = {**_NO_CLOSES, **out["closed_by_reason"]}
+    out["drain_generation"] = pool.extra.get("drain_generation", 0)
     return out
+
+
+def _unused_figures(alias: str) -> dict[str, Any]:
+    from django.core.exceptions import ImproperlyConfigured
+    from django.db import connections
+
+    from .conf import prepare
+
+    connections[alias]  # ConnectionDoesNotExist for an alias not in DATABASES
+    settings_dict = connections.settings[alias]
+    if not str(settings_dict.get("ENGINE", "")).startswith("django_poolbackend."):
+        pooled = [
+            name
+            for name in connections.settings
+            if str(connections.settings[name].get("ENGINE", "")).startswith(
+                "django_poolbackend."
+            )
+        ]
+        raise ValueError(
+            f"DATABASES[{alias!r}] does not use a django_poolbackend ENGINE, so it has "
+            f"no pool; pooled aliases: {', '.join(pooled) or 'none'}."
+        )
+    _, config = prepare(settings_dict, alias)
+    if isinstance(config, ImproperlyConfigured):
+        raise ImproperlyConfigured(str(config))
+    unused = Pool(config, None, name=alias)  # type: ignore[arg-type]
+    unused.extra["identity"] = identity(connections[alias].vendor, settings_dict)
+    return pool_figures(unused)

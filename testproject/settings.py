@@ -77,6 +77,28 @@ DATABASES = {
     )
 }
 
+if os.environ.get("DJANGO_DEBUG_TOOLBAR") == "1":
+    # django-debug-toolbar with the pool panel (shown only with DJANGO_DEBUG=1 and
+    # to INTERNAL_IPS); off by default so the demo stays as it is.
+    INSTALLED_APPS += ["django.contrib.staticfiles", "debug_toolbar"]
+    MIDDLEWARE = ["debug_toolbar.middleware.DebugToolbarMiddleware", *MIDDLEWARE]
+    TEMPLATES = [
+        {
+            "BACKEND": "django.template.backends.django.DjangoTemplates",
+            "APP_DIRS": True,
+            "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+        }
+    ]
+    STATIC_URL = "static/"
+    INTERNAL_IPS = ["127.0.0.1"]
+    DEBUG_TOOLBAR_PANELS = [
+        "debug_toolbar.panels.history.HistoryPanel",
+        "debug_toolbar.panels.versions.VersionsPanel",
+        "debug_toolbar.panels.timer.TimerPanel",
+        "debug_toolbar.panels.sql.SQLPanel",
+        "django_poolbackend.panels.PoolPanel",
+    ]
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

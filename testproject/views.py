@@ -82,3 +82,49 @@ def pool(request):
             if connections.settings[alias]["ENGINE"].startswith("django_poolbackend")
         }
     )
+
+
+def page(request):
+    """An HTML page, for the debug toolbar (it needs a </body>): on each ?alias=
+    (default: default), ?checkouts= separate checkouts (default 1), each asking
+    which server session answered."""
+    from django.http import HttpResponse
+    from django.utils.html import escape
+
+    checkouts = int(request.GET.get("checkouts", "1"))
+    rows = []
+    for alias in request.GET.getlist("alias") or ["default"]:
+        if alias not in connections:
+            raise ValueError(f"unknown alias {alias!r}")
+        connection = connections[alias]
+        for _ in range(checkouts):
+            with connection.cursor() as cursor:
+                cursor.execute(BACKEND_ID_SQL[connection.vendor])
+                rows.append(f"<li>{escape(alias)}: server session {cursor.fetchone()[0]}</li>")
+            connection.close()  # back to the pool: the next query checks out again
+    # ?open=PoolPanel: open that toolbar panel once the toolbar is ready, and copy
+    # its text into the page (a headless browser's --dump-dom skips shadow DOM).
+    opener = _OPEN_PANEL_JS % escape(request.GET["open"]) if "open" in request.GET else ""
+    return HttpResponse(
+        "<!DOCTYPE html><html><head><title>django-poolbackend</title></head><body>"
+        f"<h1>Pooled queries (pid {os.getpid()})</h1><ul>{''.join(rows)}</ul>"
+        f"{opener}</body></html>"
+    )
+
+
+_OPEN_PANEL_JS = """<script>
+(function open() {
+  var host = document.getElementById("djDebugRoot");
+  var root = host && (host.shadowRoot || document);
+  var link = root && root.querySelector("#djDebugPanelList a.%s");
+  if (!window.djdt || !link) { setTimeout(open, 50); return; }
+  root.getElementById("djDebug").addEventListener("djdt.panel.render", function (event) {
+    var out = document.createElement("pre");
+    out.id = "panel-text";
+    out.hidden = true;
+    out.textContent = root.getElementById(event.detail.panelId).innerText;
+    document.body.appendChild(out);
+  });
+  link.click();
+})();
+</script>"""

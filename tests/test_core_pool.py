@@ -59,6 +59,7 @@ class FakeDriver:
         self.closed: list[FakeConnection] = []
         self.abandoned: list[FakeConnection] = []
         self.pinged: list[FakeConnection] = []
+        self.ping_timeouts: list[float | None] = []
         self.fail_ping = False
         self.connect_delay = 0.0
         self.connect_error: BaseException | None = None
@@ -98,10 +99,11 @@ class FakeDriver:
             conn.closed = True
             self.closed.append(conn)
 
-    def ping(self, conn: FakeConnection) -> None:
+    def ping(self, conn: FakeConnection, timeout: float | None = None) -> None:
         with self._lock:
             conn.pings += 1
             self.pinged.append(conn)
+            self.ping_timeouts.append(timeout)
         if self.fail_ping:
             raise OSError("server closed the connection unexpectedly")
 
@@ -286,7 +288,7 @@ def test_config_defaults_and_as_dict() -> None:
     assert set(out) == {
         "min_size", "max_size", "timeout", "max_waiting", "max_lifetime",
         "max_idle", "max_uses", "pre_ping", "reset", "leak_timeout",
-        "connect_params",
+        "connect_params", "expected_processes",
     }  # fmt: skip
 
 
@@ -714,14 +716,33 @@ def test_connect_error_releases_capacity() -> None:
     assert s["size"] == 0 and s["connect_errors"] == 1
     assert s["connects"] == 0 and s["checkouts"] == 0
     driver.connect_error = None
-    slot = pool.getconn(driver.opener())
+    slot = connect_after_backoff(pool, driver)
     assert slot.conn is driver.created[0]
     assert pool.stats()["size"] == 1
 
 
-def test_connect_error_hands_capacity_to_waiter() -> None:
+def connect_after_backoff(pool: Pool, driver: FakeDriver, tag: str = "") -> Slot:
+    """Check out once the back-off window has passed (polled, with a deadline)."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        try:
+            return pool.getconn(driver.opener(tag))
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def no_backoff(pool: Pool) -> Pool:
+    pool._backoff_initial = pool._backoff_max = 0.0
+    return pool
+
+
+def test_connect_error_hands_capacity_to_waiter_without_backoff() -> None:
+    # With the back-off window at zero, the waiter handed the capacity of a
+    # failed connect dials itself (the probe).
     driver = FakeDriver()
-    pool = make_pool(driver, max_size=1, timeout=DEADLINE)
+    pool = no_backoff(make_pool(driver, max_size=1, timeout=DEADLINE))
     started, go = threading.Event(), threading.Event()
 
     def failing_opener() -> FakeConnection:
@@ -745,6 +766,183 @@ def test_connect_error_hands_capacity_to_waiter() -> None:
     consistent(s)
     assert (s["size"], s["in_use"], s["waiting"]) == (1, 1, 0)
     assert (s["connect_errors"], s["connects"], s["checkouts"]) == (1, 1, 1)
+
+
+# -- fail fast and back off while the server is down ---------------------------------------
+
+
+def test_waiters_are_woken_with_the_connect_error() -> None:
+    # One thread dials and fails while three wait: each waiter is handed the
+    # capacity in turn, is inside the back-off window, and fails at once with a
+    # copy of the error; nobody dials again and nobody sleeps `timeout`.
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=60)
+    pool._backoff_initial = pool._backoff_max = 60.0
+    started, go = threading.Event(), threading.Event()
+    original = ConnectionRefusedError("server down")
+
+    def failing_opener() -> FakeConnection:
+        started.set()
+        assert go.wait(DEADLINE)
+        raise original
+
+    first = Worker(lambda: pool.getconn(failing_opener))
+    first.start()
+    assert started.wait(DEADLINE)
+    waiters = [Worker(lambda: pool.getconn(driver.opener("never"))) for _ in range(3)]
+    for w in waiters:
+        w.start()
+    wait_for_waiters(pool, 3)
+    go.set()
+    first.finish()
+    for w in waiters:
+        w.finish()
+        assert isinstance(w.error, ConnectionRefusedError)
+        assert w.error is not original and w.error.args == original.args
+        assert w.error.__traceback__ is not None  # raised here, not the original's
+        assert w.elapsed is not None and w.elapsed < DEADLINE
+        assert "no connection attempt was made" in w.error.__notes__[0]
+    assert first.error is original
+    assert driver.created == []
+    s = pool.stats()
+    consistent(s)
+    assert (s["size"], s["waiting"], s["connect_errors"], s["connect_backoffs"]) == (0, 0, 1, 3)
+    assert (s["requests"], s["checkouts"]) == (4, 0)
+
+
+def test_backoff_fails_new_connections_fast_but_idle_ones_serve() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=3)
+    pool._backoff_initial = pool._backoff_max = 60.0
+    held = pool.getconn(driver.opener("healthy"))
+    pool.putconn(held)
+    busy = pool.getconn(driver.opener())  # takes the idle one
+    driver.connect_error = OSError("down")
+    with pytest.raises(OSError, match="down"):
+        pool.getconn(driver.opener())
+    for _ in range(20):
+        with pytest.raises(OSError, match="down"):
+            pool.getconn(driver.opener())
+    s = pool.stats()
+    assert (s["connect_errors"], s["connect_backoffs"]) == (1, 20)
+    assert (s["size"], s["in_use"]) == (1, 1)
+    # A connection that is idle still serves during the back-off.
+    pool.putconn(busy)
+    again = pool.getconn(driver.opener())
+    assert again is busy
+    consistent(pool.stats())
+
+
+def test_backoff_grows_is_capped_and_jittered(monkeypatch: pytest.MonkeyPatch) -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1)
+    pool._backoff_initial, pool._backoff_max = 0.1, 0.8
+    driver.connect_error = OSError("down")
+    monkeypatch.setattr(pool_module.random, "random", lambda: 0.0)  # no jitter
+    windows = []
+    for _ in range(6):
+        pool._backoff_until = 0.0  # let this attempt dial: the window is measured
+        before = time.monotonic()
+        with pytest.raises(OSError):
+            pool.getconn(driver.opener())
+        windows.append(pool._backoff_until - before)
+    # 0.1, 0.2, 0.4, 0.8, then capped (each measured from just before the dial).
+    for got, want in zip(windows, [0.1, 0.2, 0.4, 0.8, 0.8, 0.8]):
+        assert want - 0.05 <= got <= want + 0.05, windows
+    monkeypatch.setattr(pool_module.random, "random", lambda: 1.0)  # full jitter: half
+    pool._backoff_until = 0.0
+    before = time.monotonic()
+    with pytest.raises(OSError):
+        pool.getconn(driver.opener())
+    assert 0.35 <= pool._backoff_until - before <= 0.45
+    assert pool.stats()["connect_errors"] == 7
+
+
+def test_one_success_ends_the_backoff() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=4)
+    pool._backoff_initial = pool._backoff_max = 0.05
+    driver.connect_error = OSError("down")
+    with pytest.raises(OSError):
+        pool.getconn(driver.opener())
+    driver.connect_error = None
+    first = connect_after_backoff(pool, driver)
+    # Back to normal at once: the next new connections dial without delay.
+    more = [pool.getconn(driver.opener()) for _ in range(3)]
+    assert len(driver.created) == 4
+    s = pool.stats()
+    assert (s["connect_errors"], s["connects"], s["size"]) == (1, 4, 4)
+    for slot in [first, *more]:
+        pool.putconn(slot)
+
+
+def test_only_one_probe_dials_at_a_time() -> None:
+    # Once the window has passed, one thread dials; the others fail at once with
+    # the last error instead of piling onto a server that may be down.
+    driver = FakeDriver()
+    pool = no_backoff(make_pool(driver, max_size=4))
+    driver.connect_error = OSError("down")
+    with pytest.raises(OSError):
+        pool.getconn(driver.opener())
+    started, go = threading.Event(), threading.Event()
+
+    def slow_probe() -> FakeConnection:
+        started.set()
+        assert go.wait(DEADLINE)
+        return FakeConnection("probe")
+
+    probe = Worker(lambda: pool.getconn(slow_probe))
+    probe.start()
+    assert started.wait(DEADLINE)
+    for _ in range(5):
+        with pytest.raises(OSError, match="down"):
+            pool.getconn(driver.opener("refused"))
+    go.set()
+    probe.finish()
+    assert probe.error is None and probe.result.conn.tag == "probe"
+    s = pool.stats()
+    assert (s["connect_backoffs"], s["connect_errors"], s["connects"]) == (5, 1, 1)
+    assert driver.created == []  # the five never dialled
+    driver.connect_error = None
+    pool.getconn(driver.opener("after"))  # healthy again: dials at once
+    assert [c.tag for c in driver.created] == ["after"]
+
+
+def test_base_exception_in_opener_does_not_start_a_backoff() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1)
+    driver.connect_error = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        pool.getconn(driver.opener())
+    driver.connect_error = None
+    assert pool.getconn(driver.opener()).conn is driver.created[0]
+
+
+def test_maintenance_refill_respects_the_backoff() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=4, min_size=3)
+    pool._backoff_initial = pool._backoff_max = 60.0
+    pool.background_opener = driver.opener("warm")
+    driver.connect_error = OSError("down")
+    pool.maintain()  # dials once, fails, gives all three reservations back
+    pool.maintain()  # inside the window: does not dial
+    s = pool.stats()
+    assert (s["size"], s["connect_errors"], s["connect_backoffs"]) == (0, 1, 0)
+    assert (s["requests"], s["checkouts"]) == (0, 0)
+    driver.connect_error = None
+    pool._backoff_until = 0.0  # the window passes
+    pool.maintain()
+    s = pool.stats()
+    assert (s["size"], s["idle"], s["connects"]) == (3, 3, 3)
+
+
+def test_ping_gets_the_pool_ping_timeout() -> None:
+    driver = FakeDriver()
+    for timeout, expected in [(30.0, 5.0), (2.5, 2.5), (0.0, 1.0), (0.2, 1.0)]:
+        pool = make_pool(driver, max_size=1, pre_ping=True, timeout=timeout)
+        pool.putconn(pool.getconn(driver.opener()))
+        pool.getconn(driver.opener())
+        assert driver.ping_timeouts[-1] == expected
 
 
 def test_connect_error_after_stale_idle_releases_capacity() -> None:
@@ -979,11 +1177,14 @@ def test_stats_keys_and_consistency() -> None:
     s = pool.stats()
     assert set(s) == {
         "size", "idle", "in_use", "waiting", "requests", "checkouts", "waits",
-        "timeouts", "rejected", "connects", "connect_errors", "closed",
+        "timeouts", "rejected", "connects", "connect_errors", "connect_backoffs", "closed",
         "closed_by_reason", "pings", "ping_failures", "resets", "leaks",
+        "drains", "drain_pending", "wait_ms", "hold_ms", "connect_ms",
     }  # fmt: skip
-    assert all(v == 0 for k, v in s.items() if k != "closed_by_reason")
+    assert all(v == 0 for v in s.values() if not isinstance(v, dict))
     assert s["closed_by_reason"] == {}
+    for timing in ("wait_ms", "hold_ms", "connect_ms"):
+        assert s[timing] == {"count": 0, "mean": 0.0, "p50": 0.0, "p99": 0.0, "max": 0.0}
 
     slots = [pool.getconn(driver.opener()) for _ in range(3)]
     pool.putconn(slots[0])

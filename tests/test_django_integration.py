@@ -248,7 +248,7 @@ def _manage(*args: str, database_url: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_manage_py_check_reports_bad_pool_settings():
+def test_manage_py_check_reports_bad_pool_settings(django_db_setup):
     bad = _manage("check", database_url="postgres://postgres@127.0.0.1:5432/dpb_x?max_size=0")
     assert bad.returncode == 1
     assert "django_poolbackend.E001" in bad.stderr
@@ -257,7 +257,8 @@ def test_manage_py_check_reports_bad_pool_settings():
         in bad.stderr
     )
     # Django 6 may open a connection during checks: point at a database that exists.
-    good = _manage("check", database_url="mysql://root@127.0.0.1:3306/dpb_test_my?max_size=3")
+    test_db = connections["mysql"].settings_dict["NAME"]  # the suite's (suffixed) test database
+    good = _manage("check", database_url=f"mysql://root@127.0.0.1:3306/{test_db}?max_size=3")
     assert good.returncode == 0, good.stderr
     assert "no issues" in good.stdout
 

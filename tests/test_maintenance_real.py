@@ -17,8 +17,9 @@ def test_min_size_is_kept_warm(make_pooled, vendor):
     wrapper = pooled.wrapper()
     first = pooled.backend_id(wrapper)  # the first checkout makes the pool
     wrapper.close()
+    # The server sees the session before its set-up is done and it joins the pool.
     wait_for(
-        lambda: len(pooled.server_sessions()) == 2,
+        lambda: len(pooled.server_sessions()) == 2 and pooled.stats()["idle"] == 2,
         what="a second connection opened in the background",
     )
     sessions = pooled.server_sessions()

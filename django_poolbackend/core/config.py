@@ -38,6 +38,9 @@ class PoolConfig:
     reset: str | Callable[[Any], None] = "rollback"
     leak_timeout: float = 0.0
     connect_params: str | Callable[..., Any] | None = None
+    #: How many processes serve this settings file (for the connection-limit
+    #: system check only; the pool itself never reads it).
+    expected_processes: int | None = None
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> PoolConfig:
@@ -114,6 +117,14 @@ def _reset(key: str, value: Any) -> str | Callable[[Any], None]:
     )
 
 
+def _optional_count(key: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, value, "must be an integer >= 1 or None")
+    return value
+
+
 def _dotted_or_none(key: str, value: Any) -> str | Callable[..., Any] | None:
     if value is None or callable(value):
         return value
@@ -134,4 +145,5 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "reset": _reset,
     "leak_timeout": _seconds(optional=False, positive=False),
     "connect_params": _dotted_or_none,
+    "expected_processes": _optional_count,
 }

@@ -17,15 +17,23 @@ Design notes, because the checkout path is where every request pays:
   checkout of it, so a checkout allocates nothing.
 * Counters are plain integers bumped inside lock sections that exist anyway;
   gauges are computed when read.
+* After a failed connect the pool backs off: for a short, growing, jittered
+  window no thread dials, and after it only one thread at a time does (a probe).
+  Checkouts that need a new connection meanwhile fail at once with a copy of the
+  last connect error, so a down server costs each request microseconds, not a
+  connect attempt, and is not hammered. Idle connections keep serving, and the
+  first successful connect ends the back-off.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
 import threading
 import traceback
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from time import monotonic
@@ -33,6 +41,7 @@ from typing import Any, Protocol
 
 from .config import PoolConfig
 from .errors import PoolClosed, PoolTimeout
+from .stats import BOUNDS_MS, Histogram
 
 logger = logging.getLogger("django_poolbackend")
 
@@ -40,7 +49,40 @@ logger = logging.getLogger("django_poolbackend")
 #: opened together (a fleet starting at once) do not all reconnect together.
 LIFETIME_JITTER = 0.10
 
+#: Connect back-off: the first window after a failed connect, and the cap the
+#: window doubles up to. The cap bounds how long a recovered server waits for the
+#: pool to notice, so it is short. Each window is shortened by up to half at random
+#: so that a fleet of processes does not dial in step.
+BACKOFF_INITIAL = 0.1
+BACKOFF_MAX = 1.0
+
+#: A liveness check waits at most this long for the server's answer, and never
+#: longer than the pool's ``timeout`` (but at least PING_TIMEOUT_MIN, so a tiny
+#: ``timeout`` does not turn every ping into a failure).
+PING_TIMEOUT_MAX = 5.0
+PING_TIMEOUT_MIN = 1.0
+
 Opener = Callable[[], Any]
+
+#: ``Slot.expires`` of a connection retired by :meth:`Pool.drain`: already past,
+#: so the lifetime checks that run anyway retire it, and negative, so they can
+#: tell a drain from old age.
+DRAINED = -1.0
+
+#: Reasons a connection is closed; ``pool_stats()`` lists each (zeros included).
+CLOSE_REASONS = (
+    "lifetime",
+    "idle",
+    "uses",
+    "drained",
+    "pool_closed",
+    "broken",
+    "ping_failed",
+    "reset_failed",
+    "init_failed",
+    "closed_in_transaction",
+    "leaked",
+)
 
 
 class Driver(Protocol):
@@ -48,7 +90,7 @@ class Driver(Protocol):
 
     def close(self, conn: Any) -> None: ...
 
-    def ping(self, conn: Any) -> None: ...
+    def ping(self, conn: Any, timeout: float) -> None: ...
 
     def abandon(self, conn: Any) -> None: ...
 
@@ -135,6 +177,16 @@ class Pool:
         self._ping_after = (
             None if isinstance(pre_ping, bool) else float(pre_ping)  # type: ignore[arg-type]
         )
+        self._ping_timeout = max(PING_TIMEOUT_MIN, min(config.timeout, PING_TIMEOUT_MAX))
+        self._backoff_initial = BACKOFF_INITIAL
+        self._backoff_max = BACKOFF_MAX
+        # Back-off state, guarded by the lock. ``_connect_failing`` counts the
+        # failed connects since the last success (0: healthy, the only state the
+        # hot path reads).
+        self._connect_failing = 0
+        self._backoff_until = 0.0
+        self._probing = False
+        self._last_connect_error: BaseException | None = None
 
         self._lock = threading.Lock()
         self._idle: deque[Slot] = deque()
@@ -161,11 +213,22 @@ class Pool:
         self._failures = 0
         self._connects = 0
         self._connect_errors = 0
+        self._connect_backoffs = 0
         self._pings = 0
         self._ping_failures = 0
         self._resets = 0
         self._leaks = 0
         self._closes: dict[str, int] = {}
+        self._drains = 0
+        # Timings in ms, written with the lock held like the counters. Waits are
+        # timed only when a checkout really waited (the others count as zeros).
+        self._wait_ms = Histogram()
+        self._hold_ms = Histogram()
+        self._connect_ms = Histogram()
+        #: Called outside the lock, at most about once a second, from a return or
+        #: the maintenance tick (publishing statistics, noticing a drain).
+        self.on_tick: Callable[[Pool], None] | None = None
+        self._tick_due = 0.0
 
     # -- checkout ---------------------------------------------------------------
 
@@ -215,6 +278,7 @@ class Pool:
         return waiter
 
     def _wait(self, waiter: _Waiter, opener: Opener, timeout: float) -> Slot:
+        started = monotonic()
         if not waiter.lock.acquire(True, timeout):
             # Critical section: decide here whether we timed out or whether a
             # hand-off beat us to it. Whoever sets ``done`` first wins.
@@ -234,10 +298,13 @@ class Pool:
                     )
         if waiter.error is not None:
             raise waiter.error
+        now = monotonic()
+        with self._lock:
+            self._wait_ms.add((now - started) * 1000.0)
         if waiter.slot is not None:
             slot = waiter.slot
             slot.uses += 1
-            slot.checked_out_at = monotonic()
+            slot.checked_out_at = now
             if self._leak_timeout:
                 self._note_checkout(slot)
             return slot
@@ -251,7 +318,7 @@ class Pool:
         # Idleness alone is no reason to replace a connection here: trimming takes
         # the coldest one on return (and never goes below min_size).
         if now >= slot.expires:
-            reason: str | None = "lifetime"
+            reason: str | None = "drained" if slot.expires < 0 else "lifetime"
         elif self._ping_always or (self._ping_after is not None and idle_for > self._ping_after):
             reason = self._ping(slot)
         else:
@@ -269,7 +336,7 @@ class Pool:
 
     def _ping(self, slot: Slot) -> str | None:
         try:
-            self.driver.ping(slot.conn)
+            self.driver.ping(slot.conn, self._ping_timeout)
         except Exception:
             failed = True  # _close_slot() logs the discard
         else:
@@ -282,23 +349,75 @@ class Pool:
 
     def _connect(self, opener: Opener, *, for_request: bool = True) -> Slot:
         """Open a connection with capacity this thread already holds."""
+        probe = False
+        if self._connect_failing:
+            # Critical section: decide here whether this thread may dial. While
+            # the back-off window lasts, or another thread's attempt is under
+            # way, it may not: it gives the capacity back (to the next waiter,
+            # who fails the same way at once) and raises the last error again.
+            with self._lock:
+                if self._connect_failing:
+                    if self._probing or monotonic() < self._backoff_until:
+                        self._connect_backoffs += 1
+                        if for_request:
+                            self._failures += 1
+                        self._release_capacity()
+                        raise self._backoff_error()
+                    self._probing = probe = True
+        started = monotonic()
         try:
             conn = opener()
-        except BaseException:
+        except BaseException as exc:
             with self._lock:
                 self._connect_errors += 1
                 if for_request:  # a failed checkout, not a failed warm-up
                     self._failures += 1
+                if probe:
+                    self._probing = False
+                if isinstance(exc, Exception):
+                    self._note_connect_failure(exc)
                 self._release_capacity()
             raise
-        slot = Slot(conn, self, monotonic(), self.config.max_lifetime)
+        now = monotonic()
+        slot = Slot(conn, self, now, self.config.max_lifetime)
         slot.uses = 1
         if self._leak_timeout:
             self._note_checkout(slot)
         with self._lock:
             self._connects += 1
+            self._connect_ms.add((now - started) * 1000.0)
             self._slots.add(slot)
+            if self._connect_failing:
+                # The server answers again: back-off over, for everyone, now.
+                self._connect_failing = 0
+                self._backoff_until = 0.0
+                self._probing = False
+                self._last_connect_error = None
+        if probe:
+            logger.info("Pool %r: connected again after failed connects.", self.name)
         return slot
+
+    def _note_connect_failure(self, exc: Exception) -> None:
+        # Called with the lock held: open (or widen) the back-off window.
+        self._connect_failing += 1
+        delay = min(
+            self._backoff_max,
+            self._backoff_initial * 2.0 ** min(self._connect_failing - 1, 32),
+        )
+        self._backoff_until = monotonic() + delay * (1.0 - 0.5 * random.random())
+        self._last_connect_error = _fresh(exc)
+
+    def _backoff_error(self) -> BaseException:
+        # Called with the lock held. A copy per raise: one exception object raised
+        # in several threads would share (and keep growing) one traceback.
+        error = _fresh(self._last_connect_error)
+        wait = max(0.0, self._backoff_until - monotonic())
+        error.add_note(
+            f"django_poolbackend: no connection attempt was made; the last one to "
+            f"{self.name!r} failed {self._connect_failing} time(s) in a row, "
+            f"the next is allowed in {wait:.2f} s."
+        )
+        return error
 
     def _note_checkout(self, slot: Slot) -> None:
         # Only with leak_timeout set: the stack of the code that checked out.
@@ -327,6 +446,9 @@ class Pool:
         if self._abandoned or slot.closed:
             return
         now = monotonic()
+        if now >= self._tick_due:
+            # Before the decision below, so a drain noticed here retires this one.
+            self._tick(now)
         if slot.leak_warned:
             slot.leak_warned = False
             logger.warning(
@@ -338,13 +460,15 @@ class Pool:
             if self._closed:
                 discard = "pool_closed"
             elif now >= slot.expires:
-                discard = "lifetime"
+                discard = "drained" if slot.expires < 0 else "lifetime"
             elif self._max_uses and slot.uses >= self._max_uses:
                 discard = "uses"
         if discard is not None:
-            if reset:
-                with self._lock:
+            with self._lock:
+                if reset:
                     self._resets += 1
+                if slot.uses:  # 0: opened by maintenance, never checked out
+                    self._hold_ms.add((now - slot.checked_out_at) * 1000.0)
             self._close_slot(slot, discard, keep_capacity=False)
             return
 
@@ -353,6 +477,15 @@ class Pool:
         with self._lock:
             if reset:
                 self._resets += 1
+            if slot.uses:
+                # Histogram.add(), inlined: this is every request's return.
+                held = (now - slot.checked_out_at) * 1000.0
+                hold = self._hold_ms
+                hold.counts[bisect_left(BOUNDS_MS, held)] += 1
+                hold.count += 1
+                hold.total += held
+                if held > hold.max:
+                    hold.max = held
             if self._waiters:
                 waiter = self._waiters.popleft()
                 waiter.done = True
@@ -446,7 +579,7 @@ class Pool:
                     self._size -= 1
             for slot in [slot for slot in idle if now >= slot.expires]:
                 idle.remove(slot)
-                stale.append((slot, "lifetime"))
+                stale.append((slot, "drained" if slot.expires < 0 else "lifetime"))
                 self._size -= 1
             for slot, reason in stale:
                 self._forget(slot, reason)
@@ -457,7 +590,8 @@ class Pool:
                         self._leaks += 1
                         leaked.append(slot)
             missing = 0
-            if self.background_opener is not None and not self._waiters:
+            backing_off = self._connect_failing and (self._probing or now < self._backoff_until)
+            if self.background_opener is not None and not self._waiters and not backing_off:
                 missing = max(0, self._min_size - self._size)
                 self._size += missing  # reserved, as a checkout would
         for slot, _ in stale:
@@ -471,10 +605,56 @@ class Pool:
                 self._leak_timeout,
                 where,
             )
-        for _ in range(missing):
-            self._open_in_background()
+        for opened in range(missing):
+            if not self._open_in_background():
+                # Don't dial again into a failure: the rest of the reserved
+                # capacity goes back, and a tick after the back-off retries.
+                with self._lock:
+                    for _ in range(missing - opened - 1):
+                        self._release_capacity()
+                break
+        self._tick(monotonic())
 
-    def _open_in_background(self) -> None:
+    def _tick(self, now: float) -> None:
+        self._tick_due = now + 1.0
+        hook = self.on_tick
+        if hook is not None:
+            try:
+                hook(self)
+            except Exception:
+                logger.exception("Pool %r: the statistics/drain hook failed.", self.name)
+
+    def drain(self) -> int:
+        """Retire every connection open now: idle ones at once, checked-out ones
+        when they come back; connections opened afterwards are not affected.
+
+        For after a failover, a credential rotation or a server parameter change
+        (psycopg_pool's ``drain()``, HikariCP's soft eviction). Returns how many
+        connections were retired or marked.
+        """
+        with self._lock:
+            if self._closed:
+                return 0
+            victims = list(self._idle)
+            self._idle.clear()
+            marked = len(self._slots)
+            for slot in self._slots:
+                slot.expires = DRAINED
+            for slot in victims:
+                self._forget(slot, "drained")
+                self._size -= 1
+            self._drains += 1
+        for slot in victims:
+            self.driver.close(slot.conn)
+        logger.info(
+            "Pool %r: drained: %d idle connections closed, %d to close when returned.",
+            self.name,
+            len(victims),
+            marked - len(victims),
+        )
+        return marked
+
+    def _open_in_background(self) -> bool:
         opener = self.background_opener
         assert opener is not None
         try:
@@ -486,10 +666,11 @@ class Pool:
                 self.name,
                 type(exc).__name__,
             )
-            return
+            return False
         slot.uses = 0
         slot.stack = None
         self.putconn(slot)
+        return True
 
     # -- life cycle -------------------------------------------------------------
 
@@ -542,7 +723,11 @@ class Pool:
         with self._lock:
             size = self._size
             idle = len(self._idle)
-            return {
+            # Copied under the lock, summarised outside it.
+            wait_ms = self._wait_ms.copy()
+            hold_ms = self._hold_ms.copy()
+            connect_ms = self._connect_ms.copy()
+            out = {
                 "size": size,
                 "idle": idle,
                 "in_use": size - idle,
@@ -554,13 +739,42 @@ class Pool:
                 "rejected": self._rejected,
                 "connects": self._connects,
                 "connect_errors": self._connect_errors,
+                "connect_backoffs": self._connect_backoffs,
                 "closed": sum(self._closes.values()),
                 "closed_by_reason": dict(self._closes),
                 "pings": self._pings,
                 "ping_failures": self._ping_failures,
                 "resets": self._resets,
                 "leaks": self._leaks,
+                "drains": self._drains,
+                "drain_pending": sum(1 for slot in self._slots if slot.expires < 0),
             }
+        # Checkouts that never queued waited 0 ms; they are counted, not timed.
+        zeros = max(0, out["checkouts"] - wait_ms.count)
+        out["wait_ms"] = wait_ms.summary(zeros)
+        out["hold_ms"] = hold_ms.summary()
+        out["connect_ms"] = connect_ms.summary()
+        return out
+
+    def wait_histogram(self) -> dict[str, Any]:
+        """The checkout wait times in published (mergeable) form."""
+        with self._lock:
+            wait_ms = self._wait_ms.copy()
+            checkouts = self._requests - self._failures - len(self._waiters)
+        return wait_ms.to_json(zeros=max(0, checkouts - wait_ms.count))
+
+
+def _fresh(exc: BaseException | None) -> BaseException:
+    """A copy of a connect error to raise again, without the original's traceback,
+    cause or context (they would keep a failed attempt's frames alive)."""
+    assert exc is not None
+    try:
+        fresh = copy.copy(exc)
+    except Exception:
+        fresh = exc  # a driver error that can't be rebuilt from its args
+    fresh.__traceback__ = None
+    fresh.__cause__ = fresh.__context__ = None
+    return fresh
 
 
 _HINT = (
@@ -570,4 +784,5 @@ _HINT = (
 )
 
 #: Expected retirements that are not worth a warning.
-_QUIET_REASONS = frozenset({"lifetime", "idle", "uses", "pool_closed"})
+_QUIET_REASONS = frozenset({"lifetime", "idle", "uses", "pool_closed", "drained"})
+

@@ -1,0 +1,1 @@
+"""Optional integrations: each module names the extra it needs."""

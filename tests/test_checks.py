@@ -1,0 +1,432 @@
+"""System checks: each fires with its id on its case and stays silent on a good
+configuration. The database-tagged ones run against the real servers (and a real
+PgBouncer when Debian's package is installed)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import MySQLdb
+import psycopg
+import pytest
+from django.conf import settings
+from django.core.checks import run_checks
+from django.core.management import call_command
+from django.db import connections
+from django.db.backends.postgresql import base as stock_postgresql
+
+from django_poolbackend import checks, pool_stats
+from django_poolbackend.mixin import PooledDatabaseWrapperMixin
+
+from .conftest import free_port, wait_for, wait_listening
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
+
+PGBOUNCER = "/usr/sbin/pgbouncer"
+
+
+def ids(messages: list[Any]) -> list[str]:
+    return [m.id for m in messages]
+
+
+def ours(messages: list[Any]) -> list[Any]:
+    return [m for m in messages if (m.id or "").startswith("django_poolbackend.")]
+
+
+def pooled(**changes: Any) -> dict:
+    db = copy.deepcopy(connections["default"].settings_dict)
+    db.update(changes)
+    return db
+
+
+# -- static checks ---------------------------------------------------------------
+
+
+def test_good_settings_are_silent():
+    assert checks.pool_settings_messages(settings.DATABASES) == []
+    assert ours(run_checks()) == []
+
+
+def test_every_message_has_a_hint():
+    messages = checks.pool_settings_messages(
+        {
+            "a": pooled(POOL={"max_size": 0}, CONN_MAX_AGE=60),
+            "b": pooled(POOL={"max_size": 2}, OPTIONS={"pool": {"max_size": 3}}),
+        }
+    )
+    assert sorted(ids(messages)) == [
+        "django_poolbackend.E001",
+        "django_poolbackend.E002",
+        "django_poolbackend.W001",
+    ]
+    assert all(m.hint for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("pool", "needle"),
+    [
+        ({"max_size": 0}, "['max_size'] = 0 is invalid: must be an integer >= 1"),
+        ({"maxsize": 3}, "unknown key 'maxsize'"),
+        ({"expected_processes": 0}, "['expected_processes'] = 0 is invalid"),
+        ({"expected_processes": "4"}, "must be an integer >= 1 or None"),
+    ],
+)
+def test_e001_invalid_pool(pool, needle):
+    (message,) = checks.pool_settings_messages({"default": pooled(POOL=pool)})
+    assert message.id == "django_poolbackend.E001"
+    assert needle in message.msg
+    assert "DATABASES['default']" in message.msg
+
+
+def test_expected_processes_is_a_pool_key():
+    for value in (None, 1, 12):
+        db = pooled(POOL={"expected_processes": value})
+        assert checks.pool_settings_messages({"d": db}) == []
+
+
+def test_e002_pool_and_options_pool():
+    db = pooled(POOL={"max_size": 2}, OPTIONS={"pool": {"max_size": 3}})
+    (message,) = checks.pool_settings_messages({"default": db})
+    assert message.id == "django_poolbackend.E002"
+    assert "both 'POOL' and OPTIONS['pool']" in message.msg
+    # A bad POOL beside it is still reported, under its own id.
+    db["POOL"] = {"max_size": -1}
+    assert ids(checks.pool_settings_messages({"default": db})) == [
+        "django_poolbackend.E002",
+        "django_poolbackend.E001",
+    ]
+    # OPTIONS["pool"] alone is Django's spelling, accepted.
+    db = pooled(POOL=None, OPTIONS={"pool": True})
+    assert checks.pool_settings_messages({"default": db}) == []
+
+
+def test_w001_conn_max_age():
+    (message,) = checks.pool_settings_messages({"default": pooled(CONN_MAX_AGE=60)})
+    assert message.id == "django_poolbackend.W001"
+    assert "is 60 with a pooled ENGINE" in message.msg
+    assert checks.pool_settings_messages({"default": pooled(CONN_MAX_AGE=0)}) == []
+
+
+def test_stock_engine_is_not_ours():
+    db = pooled(ENGINE="django.db.backends.postgresql", CONN_MAX_AGE=60, POOL={"max_size": 0})
+    assert checks.pool_settings_messages({"x": db}) == []
+
+
+@pytest.fixture
+def engine_module(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Register an ENGINE package made of a DatabaseWrapper class, for this test."""
+
+    def make(name: str, wrapper: type) -> str:
+        package = types.ModuleType(name)
+        package.__path__ = []  # type: ignore[attr-defined]
+        module = types.ModuleType(f"{name}.base")
+        module.DatabaseWrapper = wrapper  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, name, package)
+        monkeypatch.setitem(sys.modules, f"{name}.base", module)
+        return name
+
+    return make
+
+
+def test_e003_mixin_after_the_stock_wrapper(engine_module):
+    class WrongOrder(stock_postgresql.DatabaseWrapper, PooledDatabaseWrapperMixin):
+        pass
+
+    class RightOrder(PooledDatabaseWrapperMixin, stock_postgresql.DatabaseWrapper):
+        def connect(self) -> None:  # the user's own override, calling super()
+            super().connect()
+
+    wrong = engine_module("dpb_h4_wrong_order", WrongOrder)
+    right = engine_module("dpb_h4_right_order", RightOrder)
+    (message,) = checks.pool_settings_messages({"default": pooled(ENGINE=wrong)})
+    assert message.id == "django_poolbackend.E003"
+    assert "__init__, connect, _close" in message.msg
+    assert "PooledDatabaseWrapperMixin first" in message.hint
+    assert checks.pool_settings_messages({"default": pooled(ENGINE=right)}) == []
+
+
+def test_e003_djangos_own_pool_opened_for_the_alias():
+    alias = "dpb_h4_stock_pool"
+    stock = stock_postgresql.DatabaseWrapper(
+        pooled(
+            ENGINE="django.db.backends.postgresql",
+            OPTIONS={"pool": {"min_size": 1, "max_size": 2}},
+        ),
+        alias,
+    )
+    assert stock.pool is not None  # made (not opened): Django's pool for this alias
+    try:
+        (message,) = checks.pool_settings_messages({alias: pooled()})
+        assert message.id == "django_poolbackend.E003"
+        assert "Django's own connection pool (psycopg_pool) is open" in message.msg
+    finally:
+        stock.close_pool()
+    assert checks.pool_settings_messages({alias: pooled()}) == []
+
+
+def test_e003_options_pool_put_back_on_a_live_connection():
+    db = pooled()
+    options = connections["default"].settings_dict["OPTIONS"]
+    assert "pool" not in options
+    options["pool"] = True
+    try:
+        messages = checks.pool_settings_messages({"default": db})
+    finally:
+        del options["pool"]
+    assert ids(messages) == ["django_poolbackend.E003"]
+    assert "settings were changed afterwards" in messages[0].msg
+
+
+# -- the database check ------------------------------------------------------------
+
+
+def run_check_command(alias: str) -> str:
+    out, err = io.StringIO(), io.StringIO()
+    call_command("check", "--database", alias, stdout=out, stderr=err)
+    return out.getvalue() + err.getvalue()
+
+
+@pytest.mark.parametrize("alias", ["default", "mysql"])
+def test_database_check_silent_within_limits(alias, monkeypatch):
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    output = run_check_command(alias)
+    assert "django_poolbackend." not in output
+    assert checks.server_messages(alias, connections[alias].settings_dict) == []
+
+
+def server_limit(alias: str) -> int:
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT current_setting('max_connections')::int"
+                " - current_setting('superuser_reserved_connections')::int"
+                " - coalesce(current_setting('reserved_connections', true), '0')::int"
+            )
+        else:
+            cursor.execute("SELECT @@max_connections")
+        limit = int(cursor.fetchone()[0])
+    connection.close()
+    return limit
+
+
+@pytest.mark.parametrize("alias", ["default", "mysql"])
+def test_w002_web_concurrency_through_manage_py_check(alias, monkeypatch):
+    limit = server_limit(alias)
+    processes = limit  # 4 connections each: four times what the server takes
+    monkeypatch.setenv("WEB_CONCURRENCY", str(processes))
+    output = run_check_command(alias)
+    assert "(django_poolbackend.W002)" in output
+    assert f"up to 4 x {processes} processes = {4 * processes} connections" in output
+    assert "(POOL['max_size'] x WEB_CONCURRENCY)" in output
+    assert f"allows {limit}" in output
+    # Not a bare `check`: only --database talks to the server.
+    out, err = io.StringIO(), io.StringIO()
+    call_command("check", stdout=out, stderr=err)
+    assert "W002" not in out.getvalue() + err.getvalue()
+
+
+def test_w002_expected_processes_wins_over_web_concurrency(monkeypatch):
+    monkeypatch.setenv("WEB_CONCURRENCY", "1")
+    limit = server_limit("default")
+    db = pooled(POOL={"max_size": 2, "expected_processes": limit})
+    (message,) = checks.server_messages("default", db)
+    assert message.id == "django_poolbackend.W002"
+    assert f"2 x {limit} processes" in message.msg
+    assert "POOL['expected_processes']" in message.msg
+    db["POOL"]["expected_processes"] = 1
+    assert checks.server_messages("default", db) == []
+
+
+@pytest.fixture
+def limited_pg_role() -> Iterator[str]:
+    role = f"dpb_h4_role_{os.getpid()}"
+    admin = psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True)
+    admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
+    try:
+        yield role
+    finally:
+        admin.execute(f"DROP ROLE {role}")
+        admin.close()
+
+
+def test_w002_role_connection_limit(limited_pg_role):
+    db = pooled(USER=limited_pg_role, POOL={"max_size": 3})
+    (message,) = checks.server_messages("default", db)
+    assert message.id == "django_poolbackend.W002"
+    assert "POOL['max_size'] is 3 in a single process" in message.msg
+    assert "the role's CONNECTION LIMIT is 2" in message.msg
+
+
+@pytest.fixture
+def limited_mysql_account() -> Iterator[tuple[str, str]]:
+    user, password = f"dpb_h4_lim_{os.getpid()}", "dpb-h4-secret-pw"
+    admin = MySQLdb.connect(host="127.0.0.1", user="root", autocommit=True)
+    cursor = admin.cursor()
+    cursor.execute(
+        f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}' WITH MAX_USER_CONNECTIONS 2"
+    )
+    cursor.execute(f"GRANT ALL ON `dpb\\_%`.* TO '{user}'@'%'")
+    try:
+        yield user, password
+    finally:
+        cursor.execute(f"DROP USER '{user}'@'%'")
+        admin.close()
+
+
+def test_w002_mysql_max_user_connections(limited_mysql_account):
+    user, password = limited_mysql_account
+    db = copy.deepcopy(connections["mysql"].settings_dict)
+    db.update(USER=user, PASSWORD=password, POOL={"max_size": 3})
+    (message,) = checks.server_messages("mysql", db)
+    assert message.id == "django_poolbackend.W002"
+    assert "the account may open 2 (max_user_connections)" in message.msg
+    assert password not in message.msg + message.hint
+
+
+@pytest.mark.parametrize("alias", ["default", "mysql"])
+def test_w003_server_down(alias):
+    db = copy.deepcopy(connections[alias].settings_dict)
+    db.update(PORT=str(free_port()), PASSWORD="dpb-h4-do-not-print")
+    (message,) = checks.server_messages(alias, db)
+    assert message.id == "django_poolbackend.W003"
+    assert f"Could not check the connection limits of DATABASES[{alias!r}]" in message.msg
+    assert "OperationalError" in message.msg
+    assert "dpb-h4-do-not-print" not in message.msg + message.hint
+
+
+def test_database_check_leaves_nothing_checked_out():
+    marker = f"dpb_h4_check_{os.getpid()}"
+    options = connections["default"].settings_dict["OPTIONS"]
+    db = pooled(OPTIONS={**options, "application_name": marker})
+    before = pool_stats("default").get("in_use", 0)
+    assert checks.server_messages("default", db) == []
+    assert pool_stats("default").get("in_use", 0) == before
+    observer = psycopg.connect(
+        host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True
+    )
+    try:
+
+        def sessions() -> int:
+            sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+            return observer.execute(sql, (marker,)).fetchone()[0]
+
+        wait_for(lambda: sessions() == 0, what="the check's session to end")
+    finally:
+        observer.close()
+
+
+# -- behind PgBouncer ------------------------------------------------------------------
+
+
+class Bouncer:
+    def __init__(self, port: int, session_db: str) -> None:
+        self.port = port
+        self.session_db = session_db
+
+
+@pytest.fixture(scope="module")
+def pgbouncer(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Bouncer]:
+    """A private PgBouncer in transaction mode in front of the shared PostgreSQL,
+    with one database alias in session mode, run as the postgres OS user."""
+    if not os.path.exists(PGBOUNCER):
+        pytest.skip(f"{PGBOUNCER} is missing (Debian package pgbouncer): PgBouncer not tested")
+    with django_db_blocker.unblock():
+        test_db = connections["default"].settings_dict["NAME"]
+    workdir = Path(tempfile.mkdtemp(prefix="dpb_h4_pgbouncer_"))
+    port = free_port()
+    session_db = "dpb_h4_session"
+    (workdir / "users.txt").write_text('"postgres" ""\n"dpb_h4_plain" ""\n')
+    (workdir / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"{session_db} = host=127.0.0.1 port=5432 dbname={test_db} pool_mode=session\n"
+        "* = host=127.0.0.1 port=5432\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {workdir}/users.txt\n"
+        "admin_users = postgres\npool_mode = transaction\n"
+        f"logfile = {workdir}/pgbouncer.log\n"
+    )
+    shutil.chown(workdir, "postgres")
+    for path in workdir.iterdir():
+        shutil.chown(path, "postgres")
+    process = subprocess.Popen(
+        [PGBOUNCER, str(workdir / "pgbouncer.ini")],
+        user="postgres",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(process, port, "pgbouncer", workdir / "pgbouncer.log")
+        yield Bouncer(port, session_db)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def via_bouncer(bouncer: Bouncer, **changes: Any) -> dict:
+    db = pooled(PORT=str(bouncer.port))
+    db.update(changes)
+    return db
+
+
+def test_pgbouncer_transaction_mode_server_side_cursors(pgbouncer):
+    # Django turns psycopg's prepared statements off by default: only W004.
+    messages = checks.server_messages("default", via_bouncer(pgbouncer))
+    assert ids(messages) == ["django_poolbackend.W004"]
+    assert "PgBouncer in transaction mode" in messages[0].msg
+    assert "DISABLE_SERVER_SIDE_CURSORS'] = True" in messages[0].hint
+
+
+def test_pgbouncer_transaction_mode_prepared_statements(pgbouncer):
+    options = {**connections["default"].settings_dict["OPTIONS"], "prepare_threshold": 5}
+    db = via_bouncer(pgbouncer, OPTIONS=options, DISABLE_SERVER_SIDE_CURSORS=True)
+    (message,) = checks.server_messages("default", db)
+    assert message.id == "django_poolbackend.E004"
+    assert "prepare_threshold=5" in message.msg
+    assert "'prepare_threshold'] = None" in message.hint
+
+
+def test_pgbouncer_safe_settings_are_silent(pgbouncer):
+    db = via_bouncer(pgbouncer, DISABLE_SERVER_SIDE_CURSORS=True)
+    assert checks.server_messages("default", db) == []
+    # Session mode keeps one server connection per client: nothing breaks.
+    db = via_bouncer(pgbouncer, NAME=pgbouncer.session_db)
+    assert checks.server_messages("default", db) == []
+
+
+def test_pgbouncer_mode_unknown_without_admin_rights(pgbouncer):
+    admin = psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True)
+    admin.execute("DROP ROLE IF EXISTS dpb_h4_plain")
+    admin.execute("CREATE ROLE dpb_h4_plain LOGIN")
+    try:
+        messages = checks.server_messages("default", via_bouncer(pgbouncer, USER="dpb_h4_plain"))
+    finally:
+        admin.execute("DROP ROLE dpb_h4_plain")
+        admin.close()
+    assert ids(messages) == ["django_poolbackend.W005"]
+    assert "pool mode could not be read" in messages[0].msg
+    assert "server-side cursors" in messages[0].msg
+
+
+def test_pgbouncer_client_limit(pgbouncer, monkeypatch):
+    monkeypatch.setenv("WEB_CONCURRENCY", "40")  # 4 x 40 = 160 > max_client_conn 100
+    db = via_bouncer(pgbouncer, DISABLE_SERVER_SIDE_CURSORS=True)
+    (message,) = checks.server_messages("default", db)
+    assert message.id == "django_poolbackend.W002"
+    assert "PgBouncer accepts 100 clients (max_client_conn)" in message.msg

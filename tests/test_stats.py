@@ -1,0 +1,221 @@
+"""pool_stats(): every key, timings from a fixed-memory histogram, no secret; and the
+cross-process snapshots (directory, modes, dead processes, fork, drain)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from django.test import override_settings
+
+import django_poolbackend
+from django_poolbackend import publish, registry
+from django_poolbackend.core.pool import CLOSE_REASONS
+from django_poolbackend.core.stats import BOUNDS_MS, Histogram
+
+from .conftest import MYSQL_POOL_USER, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
+
+IDENTITY = ("alias", "pid", "vendor", "host", "port", "database", "user")
+CONFIG = ("min_size", "max_size", "timeout", "max_waiting", "max_lifetime", "max_idle",
+          "max_uses", "pre_ping", "reset", "leak_timeout", "connect_params")
+GAUGES = ("size", "idle", "in_use", "waiting")
+COUNTERS = ("requests", "checkouts", "waits", "timeouts", "rejected", "connects",
+            "connect_errors", "closed", "pings", "ping_failures", "resets", "leaks",
+            "drains", "drain_pending", "drain_generation")
+TIMINGS = ("wait_ms", "hold_ms", "connect_ms")
+
+
+def assert_complete(figures: dict) -> None:
+    for key in (*IDENTITY, *CONFIG, *GAUGES, *COUNTERS, *TIMINGS, "closed_by_reason"):
+        assert key in figures, key
+    assert set(CLOSE_REASONS) <= set(figures["closed_by_reason"])
+    for key in TIMINGS:
+        assert set(figures[key]) == {"count", "mean", "p50", "p99", "max"}
+    json.loads(json.dumps(figures))
+
+
+# -- the histogram ----------------------------------------------------------------
+
+
+def test_histogram_is_fixed_memory_and_close_to_true_percentiles() -> None:
+    hist = Histogram()
+    size = len(hist.counts)
+    values = [0.05 + (i % 1000) * 0.1 for i in range(100_000)]  # 0.05 .. 99.95 ms
+    for value in values:
+        hist.add(value)
+    assert len(hist.counts) == size == len(BOUNDS_MS) + 1
+    summary = hist.summary()
+    assert summary["count"] == 100_000
+    assert summary["max"] == pytest.approx(99.95)
+    assert summary["mean"] == pytest.approx(sum(values) / len(values), rel=1e-6)
+    true_p50, true_p99 = 50.0, 99.0
+    assert true_p50 <= summary["p50"] <= true_p50 * 1.25
+    assert true_p99 <= summary["p99"] <= max(true_p99 * 1.25, summary["max"])
+
+
+def test_histogram_zeros_and_round_trip() -> None:
+    hist = Histogram()
+    hist.add(3.0)
+    summary = hist.summary(zeros=99)
+    assert (summary["count"], summary["p50"], summary["p99"], summary["max"]) == (100, 0.0, 0.0, 3.0)
+    assert Histogram().summary() == {"count": 0, "mean": 0.0, "p50": 0.0, "p99": 0.0, "max": 0.0}
+    back, zeros = Histogram.from_json(json.loads(json.dumps(hist.to_json(zeros=5))))
+    assert (back.counts, back.count, zeros) == (hist.counts, 1, 5)
+    # Cumulative at Prometheus bounds: 3 ms is above 2.5 ms and within 5 ms.
+    cumulative = dict(back.cumulative([0.0025, 0.005], zeros))
+    assert cumulative == {0.0025: 5, 0.005: 6}
+
+
+# -- pool_stats -------------------------------------------------------------------
+
+
+def test_pool_stats_before_first_use_has_every_key_at_zero(vendor: str) -> None:
+    registry.retire(vendor)
+    figures = django_poolbackend.pool_stats(vendor)
+    assert_complete(figures)
+    assert figures["alias"] == vendor and figures["pid"] == os.getpid()
+    assert figures["vendor"] == ("postgresql" if vendor == "default" else "mysql")
+    assert all(figures[key] == 0 for key in (*GAUGES, *COUNTERS))
+    assert figures["wait_ms"]["count"] == 0
+
+
+def test_pool_stats_unknown_or_unpooled_alias() -> None:
+    from django.utils.connection import ConnectionDoesNotExist
+
+    with pytest.raises(ConnectionDoesNotExist):
+        django_poolbackend.pool_stats("nope")
+    with pytest.raises(ValueError, match="pooled aliases: default, mysql"):
+        django_poolbackend.pool_stats("stock_pg")
+
+
+def test_pool_stats_figures_after_traffic(make_pooled, vendor: str) -> None:
+    pooled = make_pooled(vendor, max_size=2)
+    first, second = pooled.wrapper(), pooled.wrapper()
+    for _ in range(3):
+        pooled.backend_id(first)
+        first.close()
+    pooled.backend_id(first)
+    pooled.backend_id(second)
+    # A third wrapper must wait for one of the two: time a real wait.
+    import threading
+
+    got: list[int] = []
+
+    def third() -> None:
+        wrapper = pooled.wrapper()  # Django wrappers belong to their thread
+        got.append(pooled.backend_id(wrapper))
+        wrapper.close()
+
+    thread = threading.Thread(target=third)
+    thread.start()
+    wait_for(lambda: pooled.stats()["waiting"] == 1, what="the waiter")
+    first.close()
+    thread.join(30)
+    assert got
+    second.close()
+    figures = registry.pool_figures(pooled.pool)
+    assert_complete(figures)
+    assert figures["connects"] == 2 and figures["checkouts"] == 6
+    assert figures["connect_ms"]["count"] == 2 and figures["connect_ms"]["max"] > 0
+    assert figures["hold_ms"]["count"] == 6 and figures["hold_ms"]["max"] > 0
+    wait = figures["wait_ms"]
+    assert wait["count"] == 6 and wait["max"] > 0 and wait["p50"] == 0.0
+    assert figures["user"] == (MYSQL_POOL_USER[0] if vendor == "mysql" else "postgres")
+    # The MySQL pool logs in with a password: it appears nowhere.
+    assert MYSQL_POOL_USER[1] not in json.dumps(figures)
+
+
+# -- publishing -------------------------------------------------------------------
+
+
+def test_snapshot_directory_files_and_dead_processes(make_pooled, vendor: str,
+                                                     tmp_path: Path) -> None:
+    directory = tmp_path / "stats" / "project"
+    with override_settings(DJANGO_POOLBACKEND_STATS_DIR=str(directory)):
+        pooled = make_pooled(vendor, max_size=2)
+        wrapper = pooled.wrapper()
+        pooled.backend_id(wrapper)
+        wrapper.close()
+        assert publish.publish(force=True)
+        mine = directory / f"{os.getpid()}.json"
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(mine).st_mode) == 0o600
+        snapshots = publish.read_snapshots()
+        (me,) = [s for s in snapshots if s["pid"] == os.getpid()]
+        figures = me["pools"][pooled.alias]
+        assert figures["checkouts"] == 1 and figures["connects"] == 1
+        assert figures["wait_histogram"]["count"] == 1
+        assert MYSQL_POOL_USER[1] not in mine.read_text()
+        # A snapshot of a process that is gone is dropped, and removed.
+        dead = directory / "999999999.json"
+        dead.write_text(mine.read_text().replace(str(os.getpid()), "999999999"))
+        assert [s["pid"] for s in publish.read_snapshots()] == [os.getpid()]
+        assert not dead.exists()
+        # Closing every pool (process exit) withdraws the snapshot.
+        publish.withdraw()
+        assert not mine.exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_forked_child_never_publishes_or_removes_as_parent(make_pooled, tmp_path: Path) -> None:
+    directory = tmp_path / "s"
+    with override_settings(DJANGO_POOLBACKEND_STATS_DIR=str(directory)):
+        pooled = make_pooled("default", max_size=2)
+        wrapper = pooled.wrapper()
+        pooled.backend_id(wrapper)
+        wrapper.close()
+        publish.publish(force=True)
+        parent_file = directory / f"{os.getpid()}.json"
+        assert parent_file.exists()
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through the pipe
+            code = 1
+            try:
+                wrote = publish.publish(force=True)  # no pool of its own: nothing
+                publish.withdraw()
+                registry.close_all()
+                os.write(write, json.dumps([wrote, parent_file.exists()]).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        _, status = os.waitpid(child, 0)
+        answer = json.loads(os.read(read, 100))
+        os.close(read)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert answer == [False, True]
+        assert parent_file.exists()
+        assert not (directory / f"{child}.json").exists()
+        publish.withdraw()
+
+
+def test_drain_retires_idle_now_and_busy_on_return(make_pooled, vendor: str,
+                                                   tmp_path: Path) -> None:
+    with override_settings(DJANGO_POOLBACKEND_STATS_DIR=str(tmp_path / "d")):
+        pooled = make_pooled(vendor, max_size=3)
+        idle, busy = pooled.wrapper(), pooled.wrapper()
+        idle_id, busy_id = pooled.backend_id(idle), pooled.backend_id(busy)
+        idle.close()
+        assert pooled.stats()["idle"] == 1
+        generation = publish.request_drain(pooled.alias)
+        assert generation == 1
+        pooled.pool._tick(0.0)  # what a return or the maintenance tick does
+        wait_for(lambda: idle_id not in pooled.server_sessions(), what="the idle one closed")
+        figures = registry.pool_figures(pooled.pool)
+        assert (figures["drain_generation"], figures["drain_pending"]) == (1, 1)
+        assert busy_id in pooled.server_sessions()
+        busy.close()  # returned: retired, no error
+        wait_for(lambda: busy_id not in pooled.server_sessions(), what="the busy one closed")
+        figures = registry.pool_figures(pooled.pool)
+        assert figures["closed_by_reason"]["drained"] == 2 and figures["drain_pending"] == 0
+        fresh = pooled.wrapper()
+        assert pooled.backend_id(fresh) not in (idle_id, busy_id)
+        fresh.close()
