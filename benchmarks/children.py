@@ -67,7 +67,7 @@ class _Bare:
                 kwargs={"autocommit": True},
                 open=True,
             )
-            pool.wait()
+            pool.wait(timeout=10)
             self.checkout, self.checkin, self.close = pool.getconn, pool.putconn, pool.close
         elif impl == "queuepool":
             from sqlalchemy.pool import QueuePool

@@ -8,7 +8,8 @@ __all__ = ["PoolClosed", "PoolTimeout", "pool_stats"]
 
 
 def pool_stats(alias: str = "default") -> dict:
-    """This process's figures for *alias*'s pool (empty gauges before first use)."""
+    """This process's figures for *alias*'s pool: every documented key, zeros
+    before first use (docs/observability.md lists them)."""
     from .registry import stats
 
     return stats(alias)

@@ -47,6 +47,7 @@ MIN_INTERVAL = 0.5
 _TMP_MAX_AGE = 60.0
 
 _lock = threading.Lock()
+_drain_lock = threading.Lock()
 _last: dict[str, Any] | None = None
 _last_at = -1e9
 _written: Path | None = None
@@ -264,8 +265,9 @@ def _remove_own() -> bool:
 
 def _after_fork() -> None:
     """In a forked child: nothing of the parent's snapshot is ours."""
-    global _lock, _last, _last_at, _written, _written_pid
+    global _lock, _drain_lock, _last, _last_at, _written, _written_pid
     _lock = threading.Lock()
+    _drain_lock = threading.Lock()
     _last, _last_at, _written, _written_pid = None, -1e9, None, 0
 
 
@@ -315,11 +317,17 @@ def _check_drain(directory: Path, pool: Pool) -> None:
         mtime = None
     if mtime == pool.extra.get("drain_seen"):
         return
-    generation, mtime = _read_generation(directory, pool.name)
-    pool.extra["drain_seen"] = mtime
-    if generation > pool.extra.get("drain_generation", 0):
-        pool.extra["drain_generation"] = generation
-        pool.drain()
+    # A return and the maintenance thread may both get here: one drain only.
+    if not _drain_lock.acquire(blocking=False):
+        return
+    try:
+        generation, mtime = _read_generation(directory, pool.name)
+        pool.extra["drain_seen"] = mtime
+        if generation > pool.extra.get("drain_generation", 0):
+            pool.extra["drain_generation"] = generation
+            pool.drain()
+    finally:
+        _drain_lock.release()
 
 
 def request_drain(alias: str, directory: Path | None = None) -> int:

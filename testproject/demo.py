@@ -7,7 +7,6 @@ Run through ``./dev demo``, which prepares the database and starts Gunicorn.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -116,33 +115,6 @@ def load(base: str, seconds: float, threads: int = 8) -> None:
     print(
         f"{total} requests, {counts['errors']} errors, {total / seconds:.0f} req/s, "
         f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
-    )
-
-    # Each sync worker answers for its own process: ask until both have answered.
-    workers: dict[int, dict] = {}
-    deadline = time.monotonic() + 10
-    expected = int(os.environ.get("WEB_CONCURRENCY", "2"))
-    while len(workers) < expected and time.monotonic() < deadline:
-        figures = json.loads(_get(base + "/pool/"))["default"]
-        workers[figures["pid"]] = figures
-    print("\n==> the pool of each Gunicorn worker (django_poolbackend.pool_stats)")
-    columns = [
-        "pid",
-        "size",
-        "idle",
-        "in_use",
-        "max_size",
-        "checkouts",
-        "connects",
-        "waits",
-        "timeouts",
-    ]
-    print(" ".join(f"{c:>9}" for c in columns))
-    for pid in sorted(workers):
-        print(" ".join(f"{workers[pid].get(c, 0):>9}" for c in columns))
-    print(
-        f"{sum(w.get('connects', 0) for w in workers.values())} physical connections "
-        f"served {sum(w.get('checkouts', 0) for w in workers.values())} checkouts."
     )
 
 
