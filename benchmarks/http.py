@@ -68,15 +68,18 @@ class PgBouncer:
                 f"auth_type = trust\nauth_file = {users}\npool_mode = transaction\n"
                 f"default_pool_size = {pool_size}\nmax_client_conn = 500\n"
                 f"logfile = {os.path.join(self.dir, 'pgbouncer.log')}\n"
-                "ignore_startup_parameters = extra_float_digits,options\nadmin_users = postgres\n"
+                "ignore_startup_parameters = extra_float_digits,options\n"
+                "log_connections = 0\nlog_disconnections = 0\n"
+                f"pidfile = {os.path.join(self.dir, 'pgbouncer.pid')}\n"
             )
         shutil.chown(self.dir, "postgres")
         for path in (ini, users):
             shutil.chown(path, "postgres")
         self.proc = subprocess.Popen(
             ["runuser", "-u", "postgres", "--", "/usr/sbin/pgbouncer", ini],
+            # Not a pipe: nobody reads it, and a full pipe would stall PgBouncer.
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 15
         import socket
@@ -98,13 +101,23 @@ class PgBouncer:
             return "(no log)"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # runuser forwards it
+        """Stop our PgBouncer by the pid it wrote (runuser does not pass signals on)."""
+        try:
+            with open(os.path.join(self.dir, "pgbouncer.pid")) as handle:
+                pid = int(handle.read().strip())
+        except (OSError, ValueError):
+            pid = None
+        if pid is not None:
             try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+            self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

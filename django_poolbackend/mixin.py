@@ -240,10 +240,18 @@ class PooledDatabaseWrapperMixin:
             )
         reset = False
         try:
+            autocommit = self.settings_dict["AUTOCOMMIT"]
             if state == drivers.IN_TRANSACTION:
                 reset = True
                 conn.rollback()
-            autocommit = self.settings_dict["AUTOCOMMIT"]
+                if autocommit:
+                    # With AUTOCOMMIT=False every return rolls back by design;
+                    # otherwise the request left a transaction open or failed.
+                    logger.warning(
+                        "Pool %r: rolled back a transaction left open on a returned "
+                        "connection.",
+                        self.alias,
+                    )
             if self.autocommit != autocommit or driver_autocommit != autocommit:
                 reset = True
                 self._set_autocommit(autocommit)

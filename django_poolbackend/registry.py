@@ -7,6 +7,7 @@ pool is made (process-wide, so a forked child inherits them).
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 import threading
@@ -17,6 +18,8 @@ from typing import Any
 from .core import Pool
 from .core.pool import CLOSE_REASONS
 from .core.maintenance import Maintainer
+
+logger = logging.getLogger("django_poolbackend")
 
 #: alias -> the pool in use. Read without a lock on the checkout path.
 pools: dict[str, Pool] = {}
@@ -50,7 +53,11 @@ def get(alias: str, key: Any, factory: Callable[[Any], Pool]) -> Pool:
         _every.add(pool)
         _install_hooks()
         _maintainer_here().add(pool)
+    logger.info(
+        "Pool %r: created in process %d (max_size=%d).", alias, pool.pid, pool.config.max_size
+    )
     if old is not None:
+        logger.info("Pool %r: the previous pool is retired (its settings changed).", alias)
         old.close()
     return pool
 
@@ -105,6 +112,7 @@ def retire(alias: str) -> None:
     with _lock:
         pool = pools.pop(alias, None)
     if pool is not None:
+        logger.info("Pool %r: retired (idle connections close now, busy ones when returned).", alias)
         pool.close()
         _publish_quietly(pool, withdraw=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -99,7 +100,8 @@ def test_waiters_are_served_in_arrival_order(make_pooled, vendor):
     assert set(ids) == {held_id}
 
 
-def test_exhaustion_raises_pool_timeout_with_a_useful_message(make_pooled, vendor):
+def test_exhaustion_raises_pool_timeout_with_a_useful_message(make_pooled, vendor, caplog):
+    caplog.set_level(logging.WARNING, logger="django_poolbackend")
     pooled = make_pooled(vendor, max_size=1, timeout=0.5)
     holder = pooled.wrapper()
     held_id = pooled.backend_id(holder)
@@ -129,6 +131,9 @@ def test_exhaustion_raises_pool_timeout_with_a_useful_message(make_pooled, vendo
     assert "0 other requests are waiting" in message
     assert "POOL['max_size']" in message
     assert elapsed[0] >= 0.5
+    # ... and the pool's logger says so once, without the hint.
+    logged = [r.getMessage() for r in caplog.records if "after waiting" in r.getMessage()]
+    assert logged == [f"Pool {pooled.alias!r}: " + message.split(" Raise POOL")[0]]
     # The waiter that timed out swallowed nothing: the connection comes back and
     # is handed out again at once.
     holder.close()
@@ -222,7 +227,8 @@ def test_max_idle_retires_idle_connections_above_min_size(make_pooled, vendor):
 
 
 @pytest.mark.parametrize("view", ["leave_open", "fail_inside"])
-def test_connections_come_back_clean(make_pooled, vendor, view):
+def test_connections_come_back_clean(make_pooled, vendor, view, caplog):
+    caplog.set_level(logging.WARNING, logger="django_poolbackend")
     pooled = make_pooled(vendor, max_size=1)
     wrapper = pooled.wrapper()
     table = "shop_item"
@@ -253,6 +259,7 @@ def test_connections_come_back_clean(make_pooled, vendor, view):
         assert cursor.fetchone()[0] == 0  # rolled back, not committed
     again.close()
     assert pooled.stats()["resets"] >= 1
+    assert f"Pool {pooled.alias!r}: rolled back a transaction left open" in caplog.text
 
 
 def _kill_under(pooled, wrapper) -> int:

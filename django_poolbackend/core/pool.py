@@ -240,19 +240,24 @@ class Pool:
         """
         if self._orphans:
             self._reap()
-        with self._lock:
-            if self._closed:
-                raise self._closed_error(f"the pool of {self.name!r} is closed")
-            self._requests += 1
-            if self._idle:
-                slot = self._idle.pop()
-                waiter = None
-            elif self._size < self._max_size:
-                self._size += 1
-                slot = waiter = None
-            else:
-                waiter = self._enqueue()
-                slot = None
+        try:
+            with self._lock:
+                if self._closed:
+                    raise self._closed_error(f"the pool of {self.name!r} is closed")
+                self._requests += 1
+                if self._idle:
+                    slot = self._idle.pop()
+                    waiter = None
+                elif self._size < self._max_size:
+                    self._size += 1
+                    slot = waiter = None
+                else:
+                    waiter = self._enqueue()
+                    slot = None
+        except self._timeout_error as exc:
+            # max_waiting rejected it; logged here, once the lock is released.
+            logger.warning("Pool %r: %s", self.name, exc.args[0].split(". ", 1)[0])
+            raise
 
         if slot is not None:
             return self._validate(slot, opener)
@@ -283,19 +288,23 @@ class Pool:
             # Critical section: decide here whether we timed out or whether a
             # hand-off beat us to it. Whoever sets ``done`` first wins.
             with self._lock:
-                if not waiter.done:
+                timed_out = not waiter.done
+                if timed_out:
                     waiter.done = True
                     self._waiters.remove(waiter)
                     self._timeouts += 1
                     self._failures += 1
                     in_use = self._size - len(self._idle)
                     waiting = len(self._waiters)
-                    raise self._timeout_error(
-                        f"couldn't get a connection to database {self.name!r} "
-                        f"after waiting {timeout:.1f} s: {in_use} connections are "
-                        f"in use (max_size={self._max_size}) and {waiting} other "
-                        f"requests are waiting. " + _HINT
-                    )
+            if timed_out:
+                message = (
+                    f"couldn't get a connection to database {self.name!r} "
+                    f"after waiting {timeout:.1f} s: {in_use} connections are "
+                    f"in use (max_size={self._max_size}) and {waiting} other "
+                    "requests are waiting."
+                )
+                logger.warning("Pool %r: %s", self.name, message)
+                raise self._timeout_error(message + " " + _HINT)
         if waiter.error is not None:
             raise waiter.error
         now = monotonic()
