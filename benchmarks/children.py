@@ -88,16 +88,20 @@ class _Bare:
             self.checkin(handle)
 
 
-def bare(impl: str, threads: int = 1, size: int = POOL_SIZE, budget: float = 1.0) -> dict:
+def bare(
+    impl: str, threads: int = 1, size: int = POOL_SIZE, budget: float = 1.0, threaded: bool = False
+) -> dict:
     """One checkout+return of a bare pool: uncontended, or *threads* on *size*.
 
+    *threaded* measures even one thread the contended way (per-checkout waits,
+    a holder that yields), so that a scaling curve starts from a comparable point.
     With threads, each holder yields the GIL once while it holds the connection
     (``time.sleep(0)``), so that the others really find the pool empty: without
     it the GIL alone would serialise the loop and nothing would ever wait.
     """
     pool = _Bare(impl, size)
     try:
-        if threads == 1:
+        if threads == 1 and not threaded:
             checkout, checkin = pool.checkout, pool.checkin
 
             def cycle() -> None:
@@ -155,6 +159,7 @@ def _contended(pool: _Bare, threads: int, budget: float) -> dict:
 
 def memory(checkouts: int = 1_000_000) -> dict:
     """RSS and tracemalloc growth of the bare pool (ours) over many checkouts."""
+    import array
     import gc
     import resource
     import tracemalloc
@@ -169,23 +174,43 @@ def memory(checkouts: int = 1_000_000) -> dict:
     for _ in range(10_000):  # warm: every lazily created object exists
         checkin(checkout())
     gc.collect()
-    samples = []
+    steps = 10
+    step = max(1, checkouts // steps)
+    # Samples go into storage made before tracing starts, so that recording them
+    # allocates nothing that tracemalloc would then report as growth.
+    rss = array.array("q", [0] * steps)
+    traced = array.array("q", [0] * steps)
     rss0 = rss_kb()
     tracemalloc.start()
     traced0 = tracemalloc.get_traced_memory()[0]
-    step = max(1, checkouts // 10)
     started = time.perf_counter()
-    for done in range(0, checkouts, step):
+    for index in range(steps):
         for _ in range(step):
             checkin(checkout())
-        samples.append((done + step, rss_kb() - rss0, tracemalloc.get_traced_memory()[0] - traced0))
+        traced[index] = tracemalloc.get_traced_memory()[0] - traced0
+        rss[index] = rss_kb() - rss0
+        if index == 0:
+            first = tracemalloc.take_snapshot()
     elapsed = time.perf_counter() - started
+    last = tracemalloc.take_snapshot()
     tracemalloc.stop()
     pool.close()
+    # What the package itself still holds, by allocation site: the totals above
+    # also see the interpreter's own bookkeeping (and the snapshots).
+    only_package = [tracemalloc.Filter(True, "*django_poolbackend*")]
+    package_growth = sum(
+        stat.size_diff
+        for stat in last.filter_traces(only_package).compare_to(
+            first.filter_traces(only_package), "lineno"
+        )
+    )
+    samples = [((i + 1) * step, rss[i], traced[i]) for i in range(steps)]
     return {
-        "checkouts": checkouts,
+        "checkouts": step * steps,
         "rss_growth_kb": samples[-1][1],
         "tracemalloc_growth_bytes": samples[-1][2],
+        "package_growth_bytes": package_growth,
+        "package_growth_over": step * (steps - 1),
         "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "seconds": elapsed,
         "samples": samples,
@@ -332,8 +357,17 @@ class _Counter:
 
             return call
 
-        names = ("query", "ping", "commit", "rollback", "autocommit", "select_db",
-                 "change_user", "set_character_set", "set_server_option")
+        names = (
+            "query",
+            "ping",
+            "commit",
+            "rollback",
+            "autocommit",
+            "select_db",
+            "change_user",
+            "set_character_set",
+            "set_server_option",
+        )
         counting = type("CountingConnection", (Connection,), {n: counted(n) for n in names})
 
         def connect(*args: Any, **kwargs: Any) -> Any:
@@ -354,8 +388,11 @@ class _Counter:
         self.active = False
         if self.vendor != "postgresql":
             total = sum(self.calls.values())
-            return {"round_trips": total, "calls": dict(self.calls),
-                    "statements": list(self.statements)}
+            return {
+                "round_trips": total,
+                "calls": dict(self.calls),
+                "statements": list(self.statements),
+            }
         for conn in self.conns:
             if not conn.closed:
                 conn.pgconn.untrace()

@@ -76,7 +76,8 @@ def interleaved(
                 value = {"error": f"timed out after {timeout:.0f} s"}
             results[name].append(value)
             status = value.get("error", "ok").splitlines()[-1][:160]
-            log(f"  [{label} {number + 1}/{rounds}] {name}: {status} ({time.monotonic() - started:.1f} s)")
+            took = time.monotonic() - started
+            log(f"  [{label} {number + 1}/{rounds}] {name}: {status} ({took:.1f} s)")
     return results
 
 

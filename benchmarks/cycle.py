@@ -2,6 +2,9 @@
 
     python -m benchmarks.cycle [--rounds 5] [--n 20000]
 
+Superseded by ``python -m benchmarks run --only micro,cycle`` (the whole suite:
+``python -m benchmarks run``); kept because docs/observability.md quotes it.
+
 A seed of the benchmark suite (issue 6): configurations run interleaved, A B A B,
 each round in a fresh subprocess, and the report gives medians and ratios, not
 single absolute figures. Needs PostgreSQL on 127.0.0.1:5432 (database dpb_demo,
@@ -140,7 +143,8 @@ def main() -> None:
     persistent = medians["django cycle: stock persistent"]
     builtin = medians["django cycle: Django's built-in pool"]
     print(
-        f"django cycle: ours - persistent = {cycle - persistent:+.2f} µs; ours / built-in pool = {cycle / builtin:.2f}"
+        f"django cycle: ours - persistent = {cycle - persistent:+.2f} µs; "
+        f"ours / built-in pool = {cycle / builtin:.2f}"
     )
 
 

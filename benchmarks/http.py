@@ -4,8 +4,10 @@ For each configuration a fresh Gunicorn (``--no-control-socket``) serves the
 testproject with that ``DATABASES`` entry; wrk drives one view for a fixed time
 while a sampler thread counts the server's sessions on the benchmark database
 (``pg_stat_activity`` / ``information_schema.processlist``) every 50 ms. PgBouncer
-(transaction mode) is started once, as the ``postgres`` OS user, on a free port
-with a private ini in a temporary directory, in front of the stock engine.
+(transaction mode) is started for each of its runs, as the ``postgres`` OS user,
+on a free port with a private ini in a temporary directory, in front of the stock
+engine. Before each run the previous configuration's sessions must be gone, so
+that they are not counted in the next one's peak.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import urllib.request
 from typing import Any
 
 from .children import database_settings
-from .common import APP_NAME, DB_NAME, POOL_SIZE, ROOT, free_port, log
+from .common import DB_NAME, POOL_SIZE, ROOT, free_port, log
 
 WORKERS = 2
 THREADS = 8
@@ -149,7 +151,8 @@ class Sampler(threading.Thread):
                 import psycopg
 
                 conn = psycopg.connect(
-                    "host=127.0.0.1 user=postgres dbname=postgres application_name=dpb_bench_sampler",
+                    "host=127.0.0.1 user=postgres dbname=postgres "
+                    "application_name=dpb_bench_sampler",
                     autocommit=True,
                 )
                 sql = (
@@ -198,17 +201,70 @@ def parse_wrk(output: str) -> dict:
     match = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     if match:
         errors += int(match.group(1))
-    match = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    match = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
     if match:
         errors += sum(int(x) for x in match.groups())
     result["errors"] = errors
     return result
 
 
-def run_one(
+def sessions(vendor: str) -> int:
+    """The server's sessions on the benchmark database right now."""
+    if vendor == "postgresql":
+        import psycopg
+
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as c:
+            row = c.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = %s AND backend_type = 'client backend'",
+                [DB_NAME],
+            ).fetchone()
+            return int(row[0])
+    import MySQLdb
+
+    conn = MySQLdb.connect(host="127.0.0.1", user="root")
+    try:
+        cursor = conn.cursor()
+        cursor.execute(
+            "SELECT count(*) FROM information_schema.processlist WHERE db = %s", [DB_NAME]
+        )
+        return int(cursor.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def wait_quiet(vendor: str, deadline_s: float = 15.0) -> int:
+    """Wait until the previous configuration's sessions are gone (so that they are
+    not counted in this one's peak); returns how many were still there."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        left = sessions(vendor)
+        if left == 0 or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def run_one(vendor: str, config: str, server: str, view: str, duration: float) -> dict:
+    """One Gunicorn (and for that configuration one PgBouncer), one wrk run."""
+    leftover = wait_quiet(vendor)
+    bouncer = PgBouncer(pool_size=WORKERS * POOL_SIZE) if config.startswith("PgBouncer") else None
+    try:
+        result = _run_gunicorn(
+            vendor, config, server, view, duration, bouncer.port if bouncer else None
+        )
+    finally:
+        if bouncer is not None:
+            bouncer.stop()
+    if leftover:
+        result["sessions_left_before"] = leftover
+    return result
+
+
+def _run_gunicorn(
     vendor: str, config: str, server: str, view: str, duration: float, pgbouncer_port: int | None
 ) -> dict:
-    """One Gunicorn, one wrk run; the configuration's figures."""
     worker_class, threads = SERVERS[server]
     port = free_port()
     env = {
@@ -224,8 +280,14 @@ def run_one(
     # A file, not a pipe: a pipe nobody reads fills up and blocks the workers.
     errors = tempfile.TemporaryFile(mode="w+")
     gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "testproject/gunicorn.conf.py",
-         "--no-control-socket"],
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "testproject/gunicorn.conf.py",
+            "--no-control-socket",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -250,14 +312,25 @@ def run_one(
         # Warm every worker (and thread) before measuring.
         subprocess.run(
             ["wrk", "-t2", f"-c{WRK_CONNECTIONS}", "-d1s", base + VIEWS[view]],
-            capture_output=True, timeout=30, check=False,
+            capture_output=True,
+            timeout=30,
+            check=False,
         )
         sampler = Sampler(vendor)
         sampler.start()
         out = subprocess.run(
-            ["wrk", "-t2", f"-c{WRK_CONNECTIONS}", f"-d{duration:g}s", "--latency",
-             base + VIEWS[view]],
-            capture_output=True, text=True, timeout=duration + 60, check=False,
+            [
+                "wrk",
+                "-t2",
+                f"-c{WRK_CONNECTIONS}",
+                f"-d{duration:g}s",
+                "--latency",
+                base + VIEWS[view],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration + 60,
+            check=False,
         )
         sampler.stopped.set()
         sampler.join(10)
@@ -286,39 +359,28 @@ def run_one(
 def run(quick: bool, rounds: int) -> dict:
     """Every scenario, configurations interleaved per round; returns raw runs."""
     duration = 3.0 if quick else 5.0
-    scenarios = [("sync 2", "one-query")]
+    scenarios = [("sync 2", "one-query"), ("gthread 2x8", "one-query")]
     if not quick:
-        scenarios += [("gthread 2x8", "one-query"), ("sync 2", "ORM"), ("gthread 2x8", "ORM")]
+        scenarios += [("sync 2", "ORM"), ("gthread 2x8", "ORM")]
     if shutil.which("wrk") is None:
         return {"error": "wrk is not installed (apt-get install wrk)"}
-    bouncer = None
-    try:
-        try:
-            bouncer = PgBouncer(pool_size=WORKERS * POOL_SIZE)
-        except Exception as exc:
-            log(f"  PgBouncer: {exc}")
-        results: dict[str, Any] = {"duration_s": duration, "wrk_connections": WRK_CONNECTIONS}
-        for server, view in scenarios:
-            for vendor, configs in (("postgresql", PG_CONFIGS), ("mysql", MY_CONFIGS)):
-                key = f"{vendor} | {server} | {view}"
-                runs: dict[str, list[dict]] = {config: [] for config in configs}
-                for number in range(rounds):
-                    for config in configs:
-                        if config.startswith("PgBouncer") and bouncer is None:
-                            runs[config].append({"error": "PgBouncer did not start"})
-                            continue
-                        started = time.monotonic()
-                        try:
-                            value = run_one(vendor, config, server, view, duration,
-                                            bouncer.port if bouncer else None)
-                        except Exception as exc:
-                            value = {"error": f"{type(exc).__name__}: {exc}"}
-                        runs[config].append(value)
-                        log(f"  [http {key} {number + 1}/{rounds}] {config}: "
-                            f"{value.get('error') or round(value['req_per_s'])} req/s "
-                            f"({time.monotonic() - started:.1f} s)")
-                results[key] = runs
-        return results
-    finally:
-        if bouncer is not None:
-            bouncer.stop()
+    results: dict[str, Any] = {"duration_s": duration, "wrk_connections": WRK_CONNECTIONS}
+    for server, view in scenarios:
+        for vendor, configs in (("postgresql", PG_CONFIGS), ("mysql", MY_CONFIGS)):
+            key = f"{vendor} | {server} | {view}"
+            runs: dict[str, list[dict]] = {config: [] for config in configs}
+            for number in range(rounds):
+                for config in configs:
+                    started = time.monotonic()
+                    try:
+                        value = run_one(vendor, config, server, view, duration)
+                    except Exception as exc:
+                        value = {"error": f"{type(exc).__name__}: {exc}"}
+                    runs[config].append(value)
+                    log(
+                        f"  [http {key} {number + 1}/{rounds}] {config}: "
+                        f"{value.get('error') or round(value['req_per_s'])} req/s "
+                        f"({time.monotonic() - started:.1f} s)"
+                    )
+            results[key] = runs
+    return results

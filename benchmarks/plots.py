@@ -14,10 +14,12 @@ def scaling(summary: dict[str, dict[int, dict]], out: Path) -> Path:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
     for impl, by_threads in summary.items():
         threads = sorted(by_threads)
-        top.plot(threads, [by_threads[t].get("ops_per_s", 0) for t in threads], marker="o",
-                 label=impl)
-        bottom.plot(threads, [by_threads[t].get("p99_wait_us", 0) for t in threads],
-                    marker="o", label=impl)
+        top.plot(
+            threads, [by_threads[t].get("ops_per_s", 0) for t in threads], marker="o", label=impl
+        )
+        bottom.plot(
+            threads, [by_threads[t].get("p99_wait_us", 0) for t in threads], marker="o", label=impl
+        )
     top.set_ylabel("checkouts+returns / s (median)")
     bottom.set_ylabel("p99 checkout wait (µs, median)")
     bottom.set_xlabel("threads (pool of 4)")

@@ -206,10 +206,12 @@ def check_server_limits(
     out: list[checks.CheckMessage] = []
     for alias in databases:
         try:
-            settings_dict = connections[alias].settings_dict
+            wrapper = connections[alias]
         except Exception:
             continue
-        if is_pooled(settings_dict):
+        settings_dict = wrapper.settings_dict
+        # SQLite has no server and no connection limit to compare with.
+        if is_pooled(settings_dict) and wrapper.vendor != "sqlite":
             out.extend(server_messages(alias, settings_dict))
     return out
 

@@ -63,6 +63,12 @@ class Driver:
         or None when the driver can't tell."""
         return None
 
+    def autocommit(self, conn: Any) -> bool:
+        """The driver's own autocommit flag, client-side: unlike Django's view, it
+        also sees a raw ``SET autocommit = 0`` or the attribute set behind Django's
+        back."""
+        return bool(conn.autocommit)
+
 
 class PsycopgDriver(Driver):
     name = "psycopg"
@@ -186,6 +192,10 @@ class MySQLdbDriver(Driver):
             return IN_TRANSACTION
         return IDLE
 
+    def autocommit(self, conn: Any) -> bool:
+        # Read from the server's last reply, so a raw SET autocommit shows.
+        return bool(conn.get_autocommit())
+
     def full_reset(self, conn: Any, params: Any) -> None:
         """Wipe the session, then redo the set-up the connect itself did.
 
@@ -245,6 +255,62 @@ class MySQLdbDriver(Driver):
         # shuts the socket down at the deadline, which ends the wait at once.
         with _Watchdog(conn, timeout):
             conn.ping()
+
+
+class SQLiteDriver(Driver):
+    """The standard library's sqlite3: no server, so no round trip to save, but a
+    connection still costs an open(), a schema read and Django's PRAGMAs."""
+
+    name = "sqlite3"
+    #: Django's SQLite wrapper keeps these, computed by get_connection_params().
+    wrapper_attrs = ("transaction_mode", "init_commands")
+
+    def autocommit(self, conn: Any) -> bool:
+        # Django drives sqlite3's legacy transaction control: isolation_level
+        # None is autocommit (Connection.autocommit, Python 3.12+, stays unused).
+        return conn.isolation_level is None
+
+    def state(self, conn: Any) -> int:
+        # SQLite's own flag (sqlite3_get_autocommit), no I/O. A closed connection
+        # raises ProgrammingError on any access.
+        try:
+            return IN_TRANSACTION if conn.in_transaction else IDLE
+        except Exception:
+            return BROKEN
+
+    def ping(self, conn: Any, timeout: float | None = None) -> None:
+        # Nothing on the other side can die; this proves the handle is open and
+        # the library answers. It reads no page and takes no lock, so a writer
+        # holding the database cannot make it wait or fail.
+        conn.execute("SELECT 1").close()
+
+    def abandon(self, conn: Any) -> None:
+        """Never close a connection inherited across fork(), not even at exit.
+
+        SQLite's rule is that a connection opened before fork() must not be used
+        in the child (https://www.sqlite.org/howtocorrupt.html#fork), and closing
+        is a use: sqlite3_close() may roll back through the journal, checkpoint a
+        WAL and delete the -wal file, all on files the parent still uses. There is
+        no socket to point at /dev/null, and dropping the last reference would
+        close it too (in the garbage collector, or at interpreter exit), so the
+        object is kept alive for the rest of this process.
+        """
+        _keep_forever(conn)
+
+
+#: Objects this process must never finalise (a fallback where ctypes is missing).
+_immortal: list[Any] = []
+
+
+def _keep_forever(obj: Any) -> None:
+    try:
+        import ctypes
+
+        # One reference nobody will give back: the count never reaches zero, so
+        # not even interpreter shutdown deallocates (and closes) it.
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+    except Exception:
+        _immortal.append(obj)
 
 
 def _no_answer(timeout: float | None) -> str:
@@ -467,7 +533,9 @@ def for_module(database_module: Any) -> Driver:
         return Psycopg2Driver()
     if name == "MySQLdb":
         return MySQLdbDriver()
+    if name == "sqlite3":
+        return SQLiteDriver()
     raise ValueError(
         f"django_poolbackend has no driver support for {name!r}; "
-        "supported: psycopg, psycopg2, MySQLdb (mysqlclient)."
+        "supported: psycopg, psycopg2, MySQLdb (mysqlclient), sqlite3."
     )

@@ -199,10 +199,18 @@ class PooledDatabaseWrapperMixin:
         else:
             discard, reset = self._dpb_clean(slot)
         slot.pool.putconn(slot, discard, reset)
+        if discard is None:
+            # The pool owns it now. close() would drop the reference anyway; a bare
+            # _close() (Django's tests emulate a server disconnect this way) must not
+            # leave one behind that a later stock _close() or cursor() would use.
+            self.connection = None
         if _recorder.active:  # a debug-toolbar panel is recording somewhere
             _recorder.checkin(self, discard, reset)
 
     def is_usable(self) -> bool:
+        if self.connection is None:
+            # Given back by a bare _close(); mysqlclient's check would crash on None.
+            return False
         usable = super().is_usable()  # type: ignore[misc]
         if not usable and self._dpb_slot is not None:
             # Django closes a connection that fails its own check (CONN_HEALTH_CHECKS,
@@ -227,8 +235,7 @@ class PooledDatabaseWrapperMixin:
         # The driver's own autocommit flag, client-side (mysqlclient reads it from
         # the server's last reply): unlike Django's view, it also sees a raw
         # "SET autocommit = 0" or psycopg's attribute set behind Django's back.
-        get_autocommit = getattr(conn, "get_autocommit", None)
-        driver_autocommit = get_autocommit() if get_autocommit is not None else conn.autocommit
+        driver_autocommit = self._dpb_driver.autocommit(conn)
         if state is None:
             # The driver can't tell without a round trip: trust Django's view.
             state = (

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .core import Pool
-from .core.pool import CLOSE_REASONS
 from .core.maintenance import Maintainer
+from .core.pool import CLOSE_REASONS
 
 logger = logging.getLogger("django_poolbackend")
 
@@ -112,7 +112,9 @@ def retire(alias: str) -> None:
     with _lock:
         pool = pools.pop(alias, None)
     if pool is not None:
-        logger.info("Pool %r: retired (idle connections close now, busy ones when returned).", alias)
+        logger.info(
+            "Pool %r: retired (idle connections close now, busy ones when returned).", alias
+        )
         pool.close()
         _publish_quietly(pool, withdraw=False)
 

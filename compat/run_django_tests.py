@@ -1,0 +1,258 @@
+#!/usr/bin/env python
+"""Run Django's own test suite on the stock and the pooled engines and compare.
+
+    .venv/bin/python compat/run_django_tests.py                  # both vendors, all modules
+    .venv/bin/python compat/run_django_tests.py --vendor postgresql --modules basic backends
+    .venv/bin/python compat/run_django_tests.py --report-only    # rebuild RESULTS.md from cached runs
+
+The Django under test is the one installed in the running interpreter; its sdist (which
+carries ``tests/``) is fetched once into ``compat/.cache``. Each configuration (see
+``settings_compat.CONFIGS``) runs ``tests/runtests.py --parallel N`` on all modules at
+once; every test's outcome is recorded (``compat_runner.py``). A pooled run fails the
+comparison when a test fails or errors there but not on the stock engine of the same
+vendor, unless ``expected_differences.txt`` lists it with a reason. Exit status 1 then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import fnmatch
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CACHE = HERE / ".cache"
+
+COMMON_MODULES = [
+    "backends", "transactions", "transaction_hooks", "basic", "queries", "select_for_update",
+    "migrations", "schema", "test_utils", "db_functions", "model_fields", "expressions",
+    "aggregation", "custom_lookups", "get_or_create", "delete", "update", "bulk_create",
+    "fixtures", "serializers", "timezones", "inspectdb", "introspection", "dbshell",
+]
+VENDOR_MODULES = {"postgresql": ["postgres_tests"], "mysql": []}
+VARIANTS = ["stock", "pooled", "pooled-max1"]
+BAD = {"failure", "error", "unexpected_success"}
+
+
+def django_version() -> str:
+    import django
+
+    return django.__version__
+
+
+def fetch_sdist(version: str) -> Path:
+    """The unpacked sdist of exactly the installed Django (its tests match its code)."""
+    root = CACHE / f"django-{version}"
+    if (root / "tests" / "runtests.py").exists():
+        return root
+    CACHE.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:",
+         "--no-deps", f"django=={version}", "-d", str(CACHE)],
+        check=True,
+    )
+    archives = [p for p in CACHE.glob("*.tar.gz") if p.name.lower() == f"django-{version}.tar.gz"]
+    if not archives:
+        sys.exit(f"pip download produced no sdist for django=={version} in {CACHE}")
+    with tarfile.open(archives[0]) as tar:
+        tar.extractall(CACHE, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(CACHE)
+    if not (root / "tests" / "runtests.py").exists():
+        sys.exit(f"{archives[0]} has no tests/runtests.py")
+    return root
+
+
+def results_dir(version: str) -> Path:
+    path = CACHE / "results" / version
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_config(config: str, modules: list[str], version: str, sdist: Path, parallel: int) -> dict:
+    out = results_dir(version)
+    result_file = out / f"{config}.json"
+    log_file = out / f"{config}.log"
+    result_file.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(HERE), str(REPO), env.get("PYTHONPATH", "")] if p)
+    env["DPB_COMPAT_CONFIG"] = config
+    env["DPB_COMPAT_TAG"] = "_" + version.split(".")[0] + env.get("DPB_TEST_DB_SUFFIX", "")
+    env["DPB_COMPAT_RESULT"] = str(result_file)
+    cmd = [sys.executable, "-u", "runtests.py", "--settings=settings_compat", f"--parallel={parallel}",
+           "--noinput", *modules]
+    print(f"== {config}: {' '.join(cmd)}  (log: {log_file.relative_to(REPO)})", flush=True)
+    started = time.monotonic()
+    with open(log_file, "w") as log:
+        proc = subprocess.run(cmd, cwd=sdist / "tests", env=env, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.monotonic() - started
+    if not result_file.exists():
+        tail = log_file.read_text(errors="replace")[-3000:]
+        sys.exit(f"{config}: runtests.py exited {proc.returncode} without results; end of log:\n{tail}")
+    data = json.loads(result_file.read_text())
+    data.update(config=config, modules=modules, wall_s=round(wall, 1), exit=proc.returncode,
+                parallel=parallel, django=version, python=platform.python_version(),
+                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    result_file.write_text(json.dumps(data, indent=0, sort_keys=True))
+    print(f"   {config}: {len(data['outcomes'])} tests, exit {proc.returncode}, {wall:.0f} s", flush=True)
+    return data
+
+
+def module_of(test_id: str) -> str:
+    m = re.search(r"\(([^)]+)\)", test_id)  # setUpClass (module.Class)
+    return (m.group(1) if m else test_id).split(".")[0]
+
+
+def load_expected(path: Path) -> list[tuple[str, str, str]]:
+    """``<config glob> <test id glob>  # reason``; a reason is mandatory."""
+    entries = []
+    for n, line in enumerate(path.read_text().splitlines(), 1) if path.exists() else ():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        spec, _, reason = line.partition("#")
+        parts = spec.split()
+        if len(parts) != 2 or not reason.strip():
+            sys.exit(f"{path}:{n}: expected '<config glob> <test id glob>  # reason', got {line!r}")
+        entries.append((parts[0], parts[1], reason.strip()))
+    return entries
+
+
+def compare(stock: dict, ours: dict, expected: list) -> tuple[list, list]:
+    """(unexplained, explained) differences: bad on ours, not bad on stock."""
+    unexplained, explained = [], []
+    for test_id, (outcome, detail) in sorted(ours["outcomes"].items()):
+        if outcome not in BAD:
+            continue
+        base = stock["outcomes"].get(test_id, ("absent", ""))[0]
+        if base in BAD:
+            continue
+        reason = next((r for c, t, r in expected
+                       if fnmatch.fnmatchcase(ours["config"], c) and fnmatch.fnmatchcase(test_id, t)), None)
+        row = (test_id, base, outcome, reason or detail.strip().splitlines()[-1:] or [""])
+        (explained if reason else unexplained).append(row)
+    return unexplained, explained
+
+
+def counts(data: dict, module: str) -> tuple[int, int, int, int]:
+    run = fail = err = skip = 0
+    for test_id, (outcome, _) in data["outcomes"].items():
+        if module_of(test_id) != module:
+            continue
+        run += 1
+        fail += outcome in ("failure", "unexpected_success")
+        err += outcome == "error"
+        skip += outcome == "skipped"
+    return run, fail, err, skip
+
+
+def report(current: str, expected: list) -> tuple[str, int]:
+    """The report covers every Django version with cached runs; the count of
+    unexplained differences (the exit status) only the one under test."""
+    lines = [
+        "# Django's own test suite: stock engines vs django-poolbackend",
+        "",
+        "Generated by `compat/run_django_tests.py` (do not edit by hand).",
+        "Each cell: run / failed / errors / skipped. A difference is a test that fails or errors",
+        "on a pooled engine but not on the stock engine of the same vendor; listed ones are",
+        "explained in `compat/expected_differences.txt`.",
+        "",
+    ]
+    found = {p.name for p in (CACHE / "results").iterdir() if any(p.glob("*.json"))}
+    unexplained_current = 0
+    for version in sorted(found | {current}, key=lambda v: [int(x) if x.isdigit() else x for x in v.split(".")]):
+        section, unexplained = _report_version(version, expected)
+        lines += section
+        if version == current:
+            unexplained_current = unexplained
+    return "\n".join(lines) + "\n", unexplained_current
+
+
+def _report_version(version: str, expected: list) -> tuple[list, int]:
+    out = results_dir(version)
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+    lines = [f"# Django {version}", ""]
+    unexplained_total = 0
+    for vendor in ("postgresql", "mysql"):
+        configs = [f"{vendor}-{v}" for v in VARIANTS if f"{vendor}-{v}" in runs]
+        if not configs:
+            continue
+        lines += [f"## {'PostgreSQL' if vendor == 'postgresql' else 'MariaDB (mysqlclient)'} (Django {version})", ""]
+        lines += ["| configuration | engine | date | Python | --parallel | wall time | tests | exit |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for c in configs:
+            d = runs[c]
+            engine = d.get("engines", {}).get("default", "?").rsplit(".", 1)[0]
+            lines.append(f"| {c} | `{engine}` | {d['date']} | {d['python']} | {d['parallel']} | {d['wall_s']:.0f} s "
+                         f"| {len(d['outcomes'])} | {d['exit']} |")
+        lines.append("")
+        modules = sorted({m for c in configs for m in runs[c]["modules"]})
+        lines += ["| module | " + " | ".join(configs) + " |", "| --- |" + " --- |" * len(configs)]
+        for m in modules:
+            cells = []
+            for c in configs:
+                cells.append("/".join(map(str, counts(runs[c], m))) if m in runs[c]["modules"] else "–")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+        stock = runs.get(f"{vendor}-stock")
+        pooled = [c for c in configs if c != f"{vendor}-stock"]
+        if stock is None and pooled:
+            lines += [f"**{', '.join(pooled)}**: no {vendor}-stock run to compare with.", ""]
+            unexplained_total += 1
+            pooled = []
+        for c in pooled:
+            if set(runs[c]["modules"]) != set(stock["modules"]):
+                lines += [f"**{c}**: ran other modules than {vendor}-stock; not compared.", ""]
+                unexplained_total += 1
+                continue
+            unexplained, explained = compare(stock, runs[c], expected)
+            unexplained_total += len(unexplained)
+            lines.append(f"**{c} vs {vendor}-stock**: {len(unexplained)} unexplained, "
+                         f"{len(explained)} expected difference(s).")
+            lines.append("")
+            for test_id, base, outcome, why in unexplained + explained:
+                why = why if isinstance(why, str) else (why[0][:160] if why else "")
+                lines.append(f"- `{test_id}`: stock {base}, pooled {outcome} — {why.replace('|', '/')}")
+            if unexplained or explained:
+                lines.append("")
+            missing = set(stock["outcomes"]) - set(runs[c]["outcomes"])
+            if missing:
+                lines += [f"- {len(missing)} test(s) ran on stock but not here, e.g. `{sorted(missing)[0]}`", ""]
+    return lines, unexplained_total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vendor", choices=["postgresql", "mysql", "all"], default="all")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
+    parser.add_argument("--modules", nargs="+", help="default: the issue's list")
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the report from cached runs")
+    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+
+    version = django_version()
+    expected = load_expected(HERE / "expected_differences.txt")
+    if not args.report_only:
+        sdist = fetch_sdist(version)
+        vendors = ["postgresql", "mysql"] if args.vendor == "all" else [args.vendor]
+        for vendor in vendors:
+            modules = args.modules or COMMON_MODULES + VENDOR_MODULES[vendor]
+            for variant in args.variants:
+                run_config(f"{vendor}-{variant}", modules, version, sdist, args.parallel)
+    text, unexplained = report(version, expected)
+    args.results.write_text(text)
+    print(text)
+    print(f"{unexplained} unexplained difference(s); report: {args.results}")
+    return 1 if unexplained else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""SQLite (the standard library's sqlite3), pooled for database files.
+
+With ``CONN_MAX_AGE=0`` Django opens, sets up (``PRAGMA foreign_keys``,
+``legacy_alter_table``, the user's ``init_command``, its SQL functions) and closes
+a SQLite connection for every request; a pooled file database pays that once per
+connection.
+
+In-memory databases (``:memory:``, ``mode=memory`` URIs, which is what Django's
+test runner uses by default) are not pooled: each connection to ``:memory:`` is
+a database of its own, a shared-cache one lives only while a connection to it is
+open, and Django never closes them (``close()`` is a no-op there) and relies on a
+forked test worker keeping its copy. The stock behaviour is the right one, so
+they get exactly that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DEFAULT_DB_ALIAS
+from django.db.backends.sqlite3 import base
+from django.utils.asyncio import async_unsafe
+
+from ..core.config import PoolConfig
+from ..mixin import PooledDatabaseWrapperMixin
+
+
+class DatabaseWrapper(PooledDatabaseWrapperMixin, base.DatabaseWrapper):
+    def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
+        super().__init__(settings_dict, alias)
+        config: Any = self._dpb_config
+        if isinstance(config, PoolConfig) and config.reset == "full":
+            # Raised at first use, like every other POOL error.
+            self._dpb_config = ImproperlyConfigured(
+                f"DATABASES[{alias!r}]['POOL']['reset'] = 'full' is not supported by "
+                "django_poolbackend.sqlite3: a SQLite connection has no server session "
+                "to reset. Use 'rollback' (the default) or a dotted path to a callable."
+            )
+
+    @async_unsafe
+    def connect(self) -> None:
+        # Decided at every connect, not once: the test runner renames NAME on a
+        # live wrapper (a file database becomes the in-memory test database).
+        if self.is_in_memory_db():
+            base.DatabaseWrapper.connect(self)
+        else:
+            super().connect()
+
+    def _dpb_forget_inherited(self) -> None:
+        # A forked child owns a private copy of an in-memory database, and
+        # Django's parallel test runner counts on the child using it.
+        if self._dpb_slot is None and self.is_in_memory_db():
+            return
+        super()._dpb_forget_inherited()

@@ -1,0 +1,116 @@
+"""The distribution as users get it: the wheel and sdist build, twine accepts them,
+the wheel carries everything the package loads at run time, and the code is lint
+clean. Skipped (with the reason) where the tools are not installed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from email.parser import Parser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import django_poolbackend
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINES = ["postgresql", "mysql", "sqlite3", "postgis", "mysql_gis"]
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: Any) -> dict[str, Path]:
+    pytest.importorskip("build", reason="pip install build")
+    out = tmp_path_factory.mktemp("dist")
+    # The sdist first, then the wheel from it: what `python -m build` does, so a
+    # file missing from the sdist shows up as one missing from the wheel.
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (wheel,) = out.glob("*.whl")
+    (sdist,) = out.glob("*.tar.gz")
+    return {"wheel": wheel, "sdist": sdist}
+
+
+def test_wheel_has_templates_types_and_every_engine(dist: dict[str, Path]) -> None:
+    names = set(zipfile.ZipFile(dist["wheel"]).namelist())
+    assert "django_poolbackend/py.typed" in names
+    assert "django_poolbackend/templates/django_poolbackend/panel.html" in names
+    for engine in ENGINES:
+        assert f"django_poolbackend/{engine}/base.py" in names
+    assert not [name for name in names if name.startswith(("tests/", "testproject/"))]
+
+
+def test_metadata_version_from_one_place(dist: dict[str, Path]) -> None:
+    version = django_poolbackend.__version__
+    assert dist["wheel"].name == f"django_poolbackend-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(dist["wheel"]) as wheel:
+        raw = wheel.read(f"django_poolbackend-{version}.dist-info/METADATA").decode()
+    metadata = Parser().parsestr(raw)
+    assert metadata["Name"] == "django-poolbackend"
+    assert metadata["Version"] == version
+    assert metadata["License-Expression"] == "MIT"
+    assert metadata["Requires-Python"] == ">=3.11"
+    assert "Typing :: Typed" in metadata.get_all("Classifier")
+    assert {"postgresql", "mysql", "debug-toolbar", "prometheus"} <= set(
+        metadata.get_all("Provides-Extra")
+    )
+    assert metadata["Description-Content-Type"] == "text/markdown"
+
+
+def test_sdist_can_run_the_suite_and_read_the_docs(dist: dict[str, Path]) -> None:
+    top = dist["sdist"].name.removesuffix(".tar.gz")
+    names = set(tarfile.open(dist["sdist"]).getnames())
+    for path in [
+        "pyproject.toml",
+        "README.md",
+        "CHANGELOG.md",
+        "docs/engines.md",
+        "tests/conftest.py",
+        "tests/settings.py",
+        "testproject/settings.py",
+    ]:
+        assert f"{top}/{path}" in names, path
+    assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
+
+
+def test_twine_accepts_both(dist: dict[str, Path]) -> None:
+    pytest.importorskip("twine", reason="pip install twine")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "twine",
+            "check",
+            "--strict",
+            str(dist["wheel"]),
+            str(dist["sdist"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("PASSED") == 2
+
+
+def test_ruff_is_clean_on_the_package() -> None:
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("pip install ruff")
+    result = subprocess.run(
+        [ruff, "check", "--no-cache", "django_poolbackend"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All checks passed" in result.stdout
