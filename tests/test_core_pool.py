@@ -847,7 +847,7 @@ def test_backoff_grows_is_capped_and_jittered(monkeypatch: pytest.MonkeyPatch) -
             pool.getconn(driver.opener())
         windows.append(pool._backoff_until - before)
     # 0.1, 0.2, 0.4, 0.8, then capped (each measured from just before the dial).
-    for got, want in zip(windows, [0.1, 0.2, 0.4, 0.8, 0.8, 0.8]):
+    for got, want in zip(windows, [0.1, 0.2, 0.4, 0.8, 0.8, 0.8], strict=False):
         assert want - 0.05 <= got <= want + 0.05, windows
     monkeypatch.setattr(pool_module.random, "random", lambda: 1.0)  # full jitter: half
     pool._backoff_until = 0.0

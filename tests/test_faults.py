@@ -23,7 +23,7 @@ import time
 import MySQLdb
 import psycopg
 import pytest
-from django.db import OperationalError, connections
+from django.db import DatabaseError, OperationalError, connections
 
 from django_poolbackend import PoolTimeout, drivers, registry
 from django_poolbackend.core import pool as pool_module
@@ -51,6 +51,7 @@ SLACK = 5.0
 def report(name: str, **figures: object) -> None:
     """Figures for the failure-behaviour page (visible with ``pytest -s``)."""
     print(f"\nFIGURE {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+
 
 @pytest.fixture(scope="module", params=sorted(SERVERS))
 def private_server(request):
@@ -534,7 +535,7 @@ def test_conn_health_checks_and_conn_max_age_as_stock(make_pooled, vendor):
     # An error Django saw, on a connection that is still fine: kept, as stock.
     wrapper.settings_dict["CONN_MAX_AGE"] = 60
     wrapper.close_if_unusable_or_obsolete()
-    with pytest.raises(Exception):
+    with pytest.raises(DatabaseError):
         with wrapper.cursor() as cursor:
             cursor.execute("SELECT * FROM dpb_no_such_table")
     assert wrapper.errors_occurred

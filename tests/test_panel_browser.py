@@ -17,6 +17,7 @@ import sys
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+
 import pytest
 
 from .conftest import MYSQL_POOL_USER, ROOT, Server, free_port, server_env, stop, wait_listening
@@ -138,8 +139,10 @@ def test_panel_in_headless_chromium(toolbar_server: Server, tmp_path: Path):
     assert all(len(ids) == 1 for ids in sessions.values())  # both checkouts, one session
 
     # The panel's content as the toolbar's JavaScript fetches it, in Chromium.
-    url = toolbar_server.url + "/__debug__/render_panel/?" + urllib.parse.urlencode(
-        {"request_id": request_id, "panel_id": "PoolPanel"}
+    url = (
+        toolbar_server.url
+        + "/__debug__/render_panel/?"
+        + urllib.parse.urlencode({"request_id": request_id, "panel_id": "PoolPanel"})
     )
     dom = chromium(tmp_path, "--dump-dom", url)
     payload = json.loads(html.unescape(re.search(r"<pre[^>]*>(.*)</pre>", dom, re.S).group(1)))

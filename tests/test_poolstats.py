@@ -23,7 +23,16 @@ import psycopg
 import pytest
 from django.db import connections
 
-from .conftest import MYSQL_POOL_USER, ROOT, Server, free_port, server_env, stop, wait_for, wait_listening
+from .conftest import (
+    MYSQL_POOL_USER,
+    ROOT,
+    Server,
+    free_port,
+    server_env,
+    stop,
+    wait_for,
+    wait_listening,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
 
@@ -35,9 +44,22 @@ def gunicorn(env: dict[str, str], log: Path, workers: int = 2) -> Server:
     port = free_port()
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "testproject" / "gunicorn.conf.py"),
-             "--bind", f"127.0.0.1:{port}", "--no-control-socket", "--workers", str(workers)],
-            cwd=ROOT, env=server_env(**env), stdout=out, stderr=out,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(ROOT / "testproject" / "gunicorn.conf.py"),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--no-control-socket",
+                "--workers",
+                str(workers),
+            ],
+            cwd=ROOT,
+            env=server_env(**env),
+            stdout=out,
+            stderr=out,
         )
     wait_listening(process, port, "gunicorn", log)
     return Server(f"http://127.0.0.1:{port}", process)
@@ -46,7 +68,11 @@ def gunicorn(env: dict[str, str], log: Path, workers: int = 2) -> Server:
 def manage(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "django", *args],
-        cwd=ROOT, env=server_env(**env), capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=server_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -99,9 +125,11 @@ def secret_role(django_db_setup: Any) -> Iterator[str]:
         (SECRET_ROLE,),
     )
     wait_for(
-        lambda: not admin.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE usename = %s", (SECRET_ROLE,)
-        ).fetchone(),
+        lambda: (
+            not admin.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE usename = %s", (SECRET_ROLE,)
+            ).fetchone()
+        ),
         what="the role's sessions to end",
     )
     admin.execute(f"DROP ROLE IF EXISTS {SECRET_ROLE}")
@@ -111,8 +139,9 @@ def secret_role(django_db_setup: Any) -> Iterator[str]:
 def test_poolstats_reports_both_workers_and_never_the_password(
     secret_role: str, tmp_path: Path
 ) -> None:
-    from django_poolbackend.contrib.prometheus import PoolCollector
     from prometheus_client import CollectorRegistry, generate_latest
+
+    from django_poolbackend.contrib.prometheus import PoolCollector
 
     log = tmp_path / "gunicorn.log"
     env = {
@@ -157,8 +186,14 @@ def test_poolstats_reports_both_workers_and_never_the_password(
         metrics = generate_latest(registry).decode()
         for pid in pids:
             assert f'pid="{pid}"' in metrics
-        outputs += [json.dumps(document), table.stdout, table.stderr, server_view.stdout,
-                    server_view.stderr, metrics]
+        outputs += [
+            json.dumps(document),
+            table.stdout,
+            table.stderr,
+            server_view.stdout,
+            server_view.stderr,
+            metrics,
+        ]
         outputs += [p.read_text() for p in (tmp_path / "stats").glob("*.json")]
     finally:
         stop(server)
@@ -205,8 +240,11 @@ def test_watch_redraws_in_a_terminal(tmp_path: Path) -> None:
     master, slave = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-m", "django", "poolstats", "--watch", "0.2"],
-        cwd=ROOT, env=server_env(DJANGO_POOLBACKEND_STATS_DIR=str(tmp_path)),
-        stdin=slave, stdout=slave, stderr=slave,
+        cwd=ROOT,
+        env=server_env(DJANGO_POOLBACKEND_STATS_DIR=str(tmp_path)),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
     )
     os.close(slave)
     seen = b""
@@ -234,14 +272,20 @@ def test_watch_redraws_in_a_terminal(tmp_path: Path) -> None:
 def test_watch_without_a_terminal_repeats_plain_output(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "django", "poolstats", "--watch", "0.2"],
-        cwd=ROOT, env=server_env(DJANGO_POOLBACKEND_STATS_DIR=str(tmp_path)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=server_env(DJANGO_POOLBACKEND_STATS_DIR=str(tmp_path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     lines: list[bytes] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout))  # type: ignore[arg-type]
     reader.start()
-    wait_for(lambda: sum(line.startswith(b"-- ") for line in lines) >= 2, timeout=60,
-             what="two refreshes", interval=0.05)
+    wait_for(
+        lambda: sum(line.startswith(b"-- ") for line in lines) >= 2,
+        timeout=60,
+        what="two refreshes",
+        interval=0.05,
+    )
     process.send_signal(signal.SIGINT)
     assert process.wait(30) == 0
     reader.join(30)
@@ -251,12 +295,12 @@ def test_watch_without_a_terminal_repeats_plain_output(tmp_path: Path) -> None:
 def _open_transaction(vendor: str) -> Any:
     sd = connections[vendor].settings_dict
     if vendor == "default":
-        conn = psycopg.connect(host=sd["HOST"], port=sd["PORT"], user=sd["USER"],
-                               dbname=sd["NAME"])
+        conn = psycopg.connect(host=sd["HOST"], port=sd["PORT"], user=sd["USER"], dbname=sd["NAME"])
         conn.execute("SELECT 1")  # psycopg opened a transaction: left open
     else:
-        conn = MySQLdb.connect(host=sd["HOST"], port=int(sd["PORT"]), user=sd["USER"],
-                               database=sd["NAME"])
+        conn = MySQLdb.connect(
+            host=sd["HOST"], port=int(sd["PORT"]), user=sd["USER"], database=sd["NAME"]
+        )
         conn.cursor().execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
     return conn
 
@@ -265,6 +309,7 @@ def test_server_view_lists_a_session_idle_in_transaction(vendor: str, tmp_path: 
     env = {"DJANGO_POOLBACKEND_STATS_DIR": str(tmp_path)}
     conn = _open_transaction(vendor)
     try:
+
         def seen() -> dict | None:
             view = poolstats_json(env, "--server", "--database", vendor)["server"][vendor]
             return view if view["totals"]["idle_in_transaction"] >= 1 else None
@@ -302,8 +347,9 @@ def _sessions(vendor: str, app: str) -> set[int]:
     return {row[0] for row in rows}
 
 
-def test_pooldrain_under_load_retires_every_session(served: tuple[Server, dict],
-                                                    vendor: str) -> None:
+def test_pooldrain_under_load_retires_every_session(
+    served: tuple[Server, dict], vendor: str
+) -> None:
     server, env = served
     until_both_workers(server, env, vendor)
     app = env["DPB_APPLICATION_NAME"]
@@ -337,8 +383,12 @@ def test_pooldrain_under_load_retires_every_session(served: tuple[Server, dict],
         assert out.returncode == 0, out.stderr
         drained.set()
         started = time.monotonic()
-        wait_for(lambda: not (before & _sessions(vendor, app)), timeout=2.0,
-                 what="every pre-drain session to close", interval=0.05)
+        wait_for(
+            lambda: not (before & _sessions(vendor, app)),
+            timeout=2.0,
+            what="every pre-drain session to close",
+            interval=0.05,
+        )
         took = time.monotonic() - started
         with lock:
             seen_after.clear()
@@ -349,6 +399,7 @@ def test_pooldrain_under_load_retires_every_session(served: tuple[Server, dict],
             thread.join(60)
     assert not (seen_after & before)
     assert results["failed"] == 0 and results["ok"] > 20
+
     # Progress as poolstats shows it: the next snapshots say the drain is done.
     def done() -> bool:
         drain = poolstats_json(env, "--database", vendor)["drains"][vendor]

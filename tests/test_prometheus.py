@@ -26,14 +26,14 @@ def scrape(directory: Path) -> dict[str, list]:
     registry.register(PoolCollector(directory))
     text = generate_latest(registry).decode()
     assert MYSQL_POOL_USER[1] not in text
-    return {
-        family.name: family.samples for family in text_string_to_metric_families(text)
-    }
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
 
 
 def value(samples: list, name: str, **labels: str) -> float:
     matches = [
-        s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        s.value
+        for s in samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
     ]
     assert len(matches) == 1, (name, labels, samples)
     return matches[0]

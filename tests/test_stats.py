@@ -22,12 +22,37 @@ from .conftest import MYSQL_POOL_USER, wait_for
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
 
 IDENTITY = ("alias", "pid", "vendor", "host", "port", "database", "user")
-CONFIG = ("min_size", "max_size", "timeout", "max_waiting", "max_lifetime", "max_idle",
-          "max_uses", "pre_ping", "reset", "leak_timeout", "connect_params")
+CONFIG = (
+    "min_size",
+    "max_size",
+    "timeout",
+    "max_waiting",
+    "max_lifetime",
+    "max_idle",
+    "max_uses",
+    "pre_ping",
+    "reset",
+    "leak_timeout",
+    "connect_params",
+)
 GAUGES = ("size", "idle", "in_use", "waiting")
-COUNTERS = ("requests", "checkouts", "waits", "timeouts", "rejected", "connects",
-            "connect_errors", "closed", "pings", "ping_failures", "resets", "leaks",
-            "drains", "drain_pending", "drain_generation")
+COUNTERS = (
+    "requests",
+    "checkouts",
+    "waits",
+    "timeouts",
+    "rejected",
+    "connects",
+    "connect_errors",
+    "closed",
+    "pings",
+    "ping_failures",
+    "resets",
+    "leaks",
+    "drains",
+    "drain_pending",
+    "drain_generation",
+)
 TIMINGS = ("wait_ms", "hold_ms", "connect_ms")
 
 
@@ -63,7 +88,12 @@ def test_histogram_zeros_and_round_trip() -> None:
     hist = Histogram()
     hist.add(3.0)
     summary = hist.summary(zeros=99)
-    assert (summary["count"], summary["p50"], summary["p99"], summary["max"]) == (100, 0.0, 0.0, 3.0)
+    assert (summary["count"], summary["p50"], summary["p99"], summary["max"]) == (
+        100,
+        0.0,
+        0.0,
+        3.0,
+    )
     assert Histogram().summary() == {"count": 0, "mean": 0.0, "p50": 0.0, "p99": 0.0, "max": 0.0}
     back, zeros = Histogram.from_json(json.loads(json.dumps(hist.to_json(zeros=5))))
     assert (back.counts, back.count, zeros) == (hist.counts, 1, 5)
@@ -134,8 +164,9 @@ def test_pool_stats_figures_after_traffic(make_pooled, vendor: str) -> None:
 # -- publishing -------------------------------------------------------------------
 
 
-def test_snapshot_directory_files_and_dead_processes(make_pooled, vendor: str,
-                                                     tmp_path: Path) -> None:
+def test_snapshot_directory_files_and_dead_processes(
+    make_pooled, vendor: str, tmp_path: Path
+) -> None:
     directory = tmp_path / "stats" / "project"
     with override_settings(DJANGO_POOLBACKEND_STATS_DIR=str(directory)):
         pooled = make_pooled(vendor, max_size=2)
@@ -197,8 +228,9 @@ def test_forked_child_never_publishes_or_removes_as_parent(make_pooled, tmp_path
         publish.withdraw()
 
 
-def test_drain_retires_idle_now_and_busy_on_return(make_pooled, vendor: str,
-                                                   tmp_path: Path) -> None:
+def test_drain_retires_idle_now_and_busy_on_return(
+    make_pooled, vendor: str, tmp_path: Path
+) -> None:
     with override_settings(DJANGO_POOLBACKEND_STATS_DIR=str(tmp_path / "d")):
         pooled = make_pooled(vendor, max_size=3)
         idle, busy = pooled.wrapper(), pooled.wrapper()
