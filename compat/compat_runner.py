@@ -12,7 +12,14 @@ import unittest
 from django.test.runner import DiscoverRunner
 
 # Worse outcomes win when one test reports several (sub-tests).
-_RANK = {"ok": 0, "skipped": 1, "expected_failure": 1, "unexpected_success": 2, "failure": 3, "error": 4}
+_RANK = {
+    "ok": 0,
+    "skipped": 1,
+    "expected_failure": 1,
+    "unexpected_success": 2,
+    "failure": 3,
+    "error": 4,
+}
 
 
 class RecordingResult(unittest.TextTestResult):
@@ -78,6 +85,8 @@ class RecordingRunner(DiscoverRunner):
             with open(path, "w") as f:
                 json.dump(
                     {"testsRun": result.testsRun, "outcomes": result.outcomes, "engines": engines},
-                    f, indent=0, sort_keys=True,
+                    f,
+                    indent=0,
+                    sort_keys=True,
                 )
         return result

@@ -3,7 +3,7 @@
 
     .venv/bin/python compat/run_django_tests.py                  # both vendors, all modules
     .venv/bin/python compat/run_django_tests.py --vendor postgresql --modules basic backends
-    .venv/bin/python compat/run_django_tests.py --report-only    # rebuild RESULTS.md from cached runs
+    .venv/bin/python compat/run_django_tests.py --report-only   # RESULTS.md from cached runs
 
 The Django under test is the one installed in the running interpreter; its sdist (which
 carries ``tests/``) is fetched once into ``compat/.cache``. Each configuration (see
@@ -33,10 +33,30 @@ REPO = HERE.parent
 CACHE = HERE / ".cache"
 
 COMMON_MODULES = [
-    "backends", "transactions", "transaction_hooks", "basic", "queries", "select_for_update",
-    "migrations", "schema", "test_utils", "db_functions", "model_fields", "expressions",
-    "aggregation", "custom_lookups", "get_or_create", "delete", "update", "bulk_create",
-    "fixtures", "serializers", "timezones", "inspectdb", "introspection", "dbshell",
+    "backends",
+    "transactions",
+    "transaction_hooks",
+    "basic",
+    "queries",
+    "select_for_update",
+    "migrations",
+    "schema",
+    "test_utils",
+    "db_functions",
+    "model_fields",
+    "expressions",
+    "aggregation",
+    "custom_lookups",
+    "get_or_create",
+    "delete",
+    "update",
+    "bulk_create",
+    "fixtures",
+    "serializers",
+    "timezones",
+    "inspectdb",
+    "introspection",
+    "dbshell",
 ]
 VENDOR_MODULES = {"postgresql": ["postgres_tests"], "mysql": []}
 VARIANTS = ["stock", "pooled", "pooled-max1"]
@@ -56,15 +76,28 @@ def fetch_sdist(version: str) -> Path:
         return root
     CACHE.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:",
-         "--no-deps", f"django=={version}", "-d", str(CACHE)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-binary",
+            ":all:",
+            "--no-deps",
+            f"django=={version}",
+            "-d",
+            str(CACHE),
+        ],
         check=True,
     )
     archives = [p for p in CACHE.glob("*.tar.gz") if p.name.lower() == f"django-{version}.tar.gz"]
     if not archives:
         sys.exit(f"pip download produced no sdist for django=={version} in {CACHE}")
     with tarfile.open(archives[0]) as tar:
-        tar.extractall(CACHE, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(CACHE)
+        tar.extractall(CACHE, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(
+            CACHE
+        )
     if not (root / "tests" / "runtests.py").exists():
         sys.exit(f"{archives[0]} has no tests/runtests.py")
     return root
@@ -82,26 +115,49 @@ def run_config(config: str, modules: list[str], version: str, sdist: Path, paral
     log_file = out / f"{config}.log"
     result_file.unlink(missing_ok=True)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(HERE), str(REPO), env.get("PYTHONPATH", "")] if p)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in [str(HERE), str(REPO), env.get("PYTHONPATH", "")] if p
+    )
     env["DPB_COMPAT_CONFIG"] = config
     env["DPB_COMPAT_TAG"] = "_" + version.split(".")[0] + env.get("DPB_TEST_DB_SUFFIX", "")
     env["DPB_COMPAT_RESULT"] = str(result_file)
-    cmd = [sys.executable, "-u", "runtests.py", "--settings=settings_compat", f"--parallel={parallel}",
-           "--noinput", *modules]
+    cmd = [
+        sys.executable,
+        "-u",
+        "runtests.py",
+        "--settings=settings_compat",
+        f"--parallel={parallel}",
+        "--noinput",
+        *modules,
+    ]
     print(f"== {config}: {' '.join(cmd)}  (log: {log_file.relative_to(REPO)})", flush=True)
     started = time.monotonic()
     with open(log_file, "w") as log:
-        proc = subprocess.run(cmd, cwd=sdist / "tests", env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            cmd, cwd=sdist / "tests", env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     wall = time.monotonic() - started
     if not result_file.exists():
         tail = log_file.read_text(errors="replace")[-3000:]
-        sys.exit(f"{config}: runtests.py exited {proc.returncode} without results; end of log:\n{tail}")
+        sys.exit(
+            f"{config}: runtests.py exited {proc.returncode} without results; end of log:\n{tail}"
+        )
     data = json.loads(result_file.read_text())
-    data.update(config=config, modules=modules, wall_s=round(wall, 1), exit=proc.returncode,
-                parallel=parallel, django=version, python=platform.python_version(),
-                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    data.update(
+        config=config,
+        modules=modules,
+        wall_s=round(wall, 1),
+        exit=proc.returncode,
+        parallel=parallel,
+        django=version,
+        python=platform.python_version(),
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
     result_file.write_text(json.dumps(data, indent=0, sort_keys=True))
-    print(f"   {config}: {len(data['outcomes'])} tests, exit {proc.returncode}, {wall:.0f} s", flush=True)
+    print(
+        f"   {config}: {len(data['outcomes'])} tests, exit {proc.returncode}, {wall:.0f} s",
+        flush=True,
+    )
     return data
 
 
@@ -134,8 +190,14 @@ def compare(stock: dict, ours: dict, expected: list) -> tuple[list, list]:
         base = stock["outcomes"].get(test_id, ("absent", ""))[0]
         if base in BAD:
             continue
-        reason = next((r for c, t, r in expected
-                       if fnmatch.fnmatchcase(ours["config"], c) and fnmatch.fnmatchcase(test_id, t)), None)
+        reason = next(
+            (
+                r
+                for c, t, r in expected
+                if fnmatch.fnmatchcase(ours["config"], c) and fnmatch.fnmatchcase(test_id, t)
+            ),
+            None,
+        )
         row = (test_id, base, outcome, reason or detail.strip().splitlines()[-1:] or [""])
         (explained if reason else unexplained).append(row)
     return unexplained, explained
@@ -164,10 +226,18 @@ def report(current: str, expected: list) -> tuple[str, int]:
         "on a pooled engine but not on the stock engine of the same vendor; listed ones are",
         "explained in `compat/expected_differences.txt`.",
         "",
+        "Reproduce: `<venv>/bin/python compat/run_django_tests.py [--vendor postgresql|mysql]",
+        "[--variants stock pooled pooled-max1] [--modules ...]` (servers on 127.0.0.1: PostgreSQL",
+        "user postgres, MariaDB root; `DPB_COMPAT_PG_PORT` / `DPB_COMPAT_MYSQL_PORT` move them).",
+        "`pooled` sets no `POOL` key at all (only ENGINE changes); `pooled-max1` sets",
+        '`POOL = {"max_size": 1}`. Wall times depend on the machine\'s load.',
+        "",
     ]
     found = {p.name for p in (CACHE / "results").iterdir() if any(p.glob("*.json"))}
     unexplained_current = 0
-    for version in sorted(found | {current}, key=lambda v: [int(x) if x.isdigit() else x for x in v.split(".")]):
+    for version in sorted(
+        found | {current}, key=lambda v: [int(x) if x.isdigit() else x for x in v.split(".")]
+    ):
         section, unexplained = _report_version(version, expected)
         lines += section
         if version == current:
@@ -178,27 +248,36 @@ def report(current: str, expected: list) -> tuple[str, int]:
 def _report_version(version: str, expected: list) -> tuple[list, int]:
     out = results_dir(version)
     runs = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+    # A run still in progress has written its outcomes but not yet its metadata.
+    runs = {name: data for name, data in runs.items() if "date" in data}
     lines = [f"# Django {version}", ""]
     unexplained_total = 0
     for vendor in ("postgresql", "mysql"):
         configs = [f"{vendor}-{v}" for v in VARIANTS if f"{vendor}-{v}" in runs]
         if not configs:
             continue
-        lines += [f"## {'PostgreSQL' if vendor == 'postgresql' else 'MariaDB (mysqlclient)'} (Django {version})", ""]
-        lines += ["| configuration | engine | date | Python | --parallel | wall time | tests | exit |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        title = "PostgreSQL" if vendor == "postgresql" else "MariaDB (mysqlclient)"
+        lines += [f"## {title} (Django {version})", ""]
+        lines += [
+            "| configuration | engine | date | Python | --parallel | wall time | tests | exit |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for c in configs:
             d = runs[c]
             engine = d.get("engines", {}).get("default", "?").rsplit(".", 1)[0]
-            lines.append(f"| {c} | `{engine}` | {d['date']} | {d['python']} | {d['parallel']} | {d['wall_s']:.0f} s "
-                         f"| {len(d['outcomes'])} | {d['exit']} |")
+            lines.append(
+                f"| {c} | `{engine}` | {d['date']} | {d['python']} | {d['parallel']} "
+                f"| {d['wall_s']:.0f} s | {len(d['outcomes'])} | {d['exit']} |"
+            )
         lines.append("")
         modules = sorted({m for c in configs for m in runs[c]["modules"]})
         lines += ["| module | " + " | ".join(configs) + " |", "| --- |" + " --- |" * len(configs)]
         for m in modules:
             cells = []
             for c in configs:
-                cells.append("/".join(map(str, counts(runs[c], m))) if m in runs[c]["modules"] else "–")
+                cells.append(
+                    "/".join(map(str, counts(runs[c], m))) if m in runs[c]["modules"] else "–"
+                )
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
         stock = runs.get(f"{vendor}-stock")
@@ -214,17 +293,25 @@ def _report_version(version: str, expected: list) -> tuple[list, int]:
                 continue
             unexplained, explained = compare(stock, runs[c], expected)
             unexplained_total += len(unexplained)
-            lines.append(f"**{c} vs {vendor}-stock**: {len(unexplained)} unexplained, "
-                         f"{len(explained)} expected difference(s).")
+            lines.append(
+                f"**{c} vs {vendor}-stock**: {len(unexplained)} unexplained, "
+                f"{len(explained)} expected difference(s)."
+            )
             lines.append("")
             for test_id, base, outcome, why in unexplained + explained:
                 why = why if isinstance(why, str) else (why[0][:160] if why else "")
-                lines.append(f"- `{test_id}`: stock {base}, pooled {outcome} — {why.replace('|', '/')}")
+                lines.append(
+                    f"- `{test_id}`: stock {base}, pooled {outcome} — {why.replace('|', '/')}"
+                )
             if unexplained or explained:
                 lines.append("")
             missing = set(stock["outcomes"]) - set(runs[c]["outcomes"])
             if missing:
-                lines += [f"- {len(missing)} test(s) ran on stock but not here, e.g. `{sorted(missing)[0]}`", ""]
+                lines += [
+                    f"- {len(missing)} test(s) ran on stock but not here, "
+                    f"e.g. `{sorted(missing)[0]}`",
+                    "",
+                ]
     return lines, unexplained_total
 
 
@@ -234,7 +321,9 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
     parser.add_argument("--modules", nargs="+", help="default: the issue's list")
     parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--report-only", action="store_true", help="only rebuild the report from cached runs")
+    parser.add_argument(
+        "--report-only", action="store_true", help="only rebuild the report from cached runs"
+    )
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
 

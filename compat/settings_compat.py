@@ -37,17 +37,26 @@ def _database(role: str) -> dict:
         db = {"ENGINE": ENGINE, "NAME": name, "USER": "postgres", "HOST": "127.0.0.1", "PORT": port}
     else:
         port = int(os.environ.get("DPB_COMPAT_MYSQL_PORT", "3306"))
-        db = {"ENGINE": ENGINE, "NAME": name, "USER": "root", "PASSWORD": "", "HOST": "127.0.0.1", "PORT": port}
+        db = {
+            "ENGINE": ENGINE,
+            "NAME": name,
+            "USER": "root",
+            "PASSWORD": "",
+            "HOST": "127.0.0.1",
+            "PORT": port,
+        }
+        # A server's default may be latin1; Django's tests store non-Latin text.
+        db["TEST"] = {"CHARSET": "utf8mb4"}
     if POOL is not None:
         db["POOL"] = dict(POOL)
     return db
 
 
-DATABASES = {"default": _database("default"), "other": _database("other")}
+# Everything else exactly as Django's own default test settings for this version
+# (tests/test_sqlite.py of the sdist, importable because runtests.py runs from tests/):
+# e.g. 5.2 pins DEFAULT_AUTO_FIELD to AutoField, 6.0 doesn't.
+from test_sqlite import *  # noqa: E402,F401,F403
 
-SECRET_KEY = "django_tests_secret_key"
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
-USE_TZ = False
+DATABASES = {"default": _database("default"), "other": _database("other")}
 # Records every test's outcome for the stock-versus-pooled comparison.
 TEST_RUNNER = "compat_runner.RecordingRunner"

@@ -82,6 +82,13 @@ class PooledDatabaseWrapperMixin:
         self.__dict__.pop("_dpb_failed_check", None)
 
         pool = self._dpb_pool()
+        options = settings_dict["OPTIONS"]
+        if options is not pool.extra["options_of"] and options != pool.extra["options"]:
+            # Another wrapper of this alias with other OPTIONS (connection.copy()
+            # and a changed isolation level, role, …): the pool's connections were
+            # set up with the pool's, so this one gets a connection of its own,
+            # outside the pool, exactly as the stock engine opens it.
+            return super().connect()  # type: ignore[misc]
         self.connection = None
         if _recorder.active:  # a debug-toolbar panel is recording somewhere
             slot = _recorder.checkout(self, pool)
@@ -142,6 +149,10 @@ class PooledDatabaseWrapperMixin:
             type(self), copy.deepcopy(self.settings_dict), self.alias, pool
         )
         pool.extra["identity"] = registry.identity(self.vendor, self.settings_dict)
+        # The OPTIONS the pool's connections are opened with: the object (the usual
+        # case, every thread's wrapper shares the settings dict) and its value.
+        pool.extra["options_of"] = self.settings_dict["OPTIONS"]
+        pool.extra["options"] = copy.deepcopy(self.settings_dict["OPTIONS"])
         publish.attach(pool)
         return pool
 

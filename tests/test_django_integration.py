@@ -341,3 +341,31 @@ def test_manage_py_test_parallel_and_keepdb_work_with_the_pool(url, runs):
         )
         assert run.returncode == 0, run.stderr[-3000:]
         assert "Ran 4 tests" in run.stderr and "OK" in run.stderr
+
+
+@pytest.mark.django_db(transaction=True, databases=["default"])
+def test_a_copy_with_other_options_connects_outside_the_pool():
+    """Django's own tests (and some apps) copy a connection and change OPTIONS; the
+    pool's connections were set up with the pool's OPTIONS, so the copy gets a
+    connection of its own, as with the stock engine, and the pool is untouched."""
+    base = connections["default"]
+    base.ensure_connection()
+    pool = registry.pools["default"]
+    before = pool.stats()
+    other = base.copy()
+    other.settings_dict["OPTIONS"] = {
+        **other.settings_dict["OPTIONS"],
+        "application_name": "dpb-suite-copy",
+    }
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT current_setting('application_name'), pg_backend_pid()")
+            name, pid = cursor.fetchone()
+    finally:
+        other.close()
+    assert name == "dpb-suite-copy"
+    with base.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        assert cursor.fetchone()[0] != pid
+    after = pool.stats()
+    assert (after["requests"], after["connects"]) == (before["requests"], before["connects"])
