@@ -7,6 +7,7 @@ collects over the rounds. Nothing here asserts a speed: the report compares.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from typing import Any
@@ -461,9 +462,14 @@ def django_cycle(vendor: str, config: str, budget: float = 1.0, requests: int = 
         query_cycle()
     questions_before = _questions(counter) if vendor == "mysql" else None
     counter.start()
-    for _ in range(requests):
-        query_cycle()
-    counted = counter.stop()
+    try:
+        for _ in range(requests):
+            query_cycle()
+        counted = counter.stop()
+    finally:
+        for handle in counter.files:
+            handle.close()
+        shutil.rmtree(trace_dir, ignore_errors=True)
     result: dict[str, Any] = {
         "cycle_us": cycle_us,
         "query_cycle_us": query_us,

@@ -439,8 +439,9 @@ def _section_runs(sections: dict, command: str) -> list[str]:
     ]
     for name, run in runs.items():
         mode = "quick" if run["quick"] else "full"
+        rounds = sections[name].get("rounds", run["rounds"])  # http, scaling: their own
         lines.append(
-            f"- {name}: `{run['command']}` ({mode} mode, {run['rounds']} rounds; load "
+            f"- {name}: `{run['command']}` ({mode} mode, {rounds} rounds; load "
             f"{_f(run['load_at_start'][0], 2)} → {_f(run['load_at_end'][0], 2)})"
         )
     return [*lines, ""]

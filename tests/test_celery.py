@@ -327,9 +327,12 @@ def test_every_task_succeeds(run):
 
 
 def test_each_child_has_a_pool_of_its_own_reused_across_tasks(run):
+    # Celery decides which child runs a task: on a loaded machine one child may
+    # take every task of an alias, so "both children" is asked across aliases.
+    assert len({pid for alias in ALIASES for pid in run.by_pid(alias)}) >= 2, _context(run)
     for alias in ALIASES:
         by_pid = run.by_pid(alias)
-        assert len(by_pid) >= 2, _context(run)  # both children ran tasks
+        assert by_pid, _context(run)
         for ids in by_pid.values():
             assert len(ids) == 1, _context(run)  # one connection, reused, per child
         all_ids = [ident for ids in by_pid.values() for ident in ids]
@@ -344,7 +347,10 @@ def test_celerys_django_fixup_returns_the_connection_after_each_task(run):
         for alias in ALIASES:
             stats = figure["pools"][alias]
             assert stats["in_use"] == 0, figure  # the last task's connection came back
-            assert stats["connects"] == 1, figure  # ... and is the only one opened
+            # ... and is the only one opened (none, in a child that ran no task of
+            # this alias: Celery chose which child runs what).
+            ran = figure["pid"] in run.by_pid(alias)
+            assert stats["connects"] == (1 if ran else 0), figure
 
 
 def test_children_never_use_the_parents_inherited_connections(run):
