@@ -282,24 +282,32 @@ def wait_listening(
     wait_for(ready, timeout=30, what=f"{name} to listen")
 
 
-def start_gunicorn(*args: str, env: dict | None = None) -> Server:
+def start_gunicorn(*args: str, env: dict | None = None, log: Path | None = None) -> Server:
+    """Gunicorn on a free port; its output goes to *log* (appended) if given."""
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            str(ROOT / "testproject" / "gunicorn.conf.py"),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--no-control-socket",
-            *args,
-        ],
-        cwd=ROOT,
-        env=server_env(**(env or {})),
-    )
-    wait_listening(process, port, "gunicorn")
+    output = open(log, "ab") if log is not None else None
+    try:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(ROOT / "testproject" / "gunicorn.conf.py"),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--no-control-socket",
+                *args,
+            ],
+            cwd=ROOT,
+            env=server_env(**(env or {})),
+            stdout=output,
+            stderr=output,
+        )
+    finally:
+        if output is not None:
+            output.close()  # the child has its own copy
+    wait_listening(process, port, "gunicorn", log)
     return Server(f"http://127.0.0.1:{port}", process)
 
 

@@ -27,11 +27,10 @@ from .conftest import (
     MYSQL_POOL_USER,
     ROOT,
     Server,
-    free_port,
     server_env,
+    start_gunicorn,
     stop,
     wait_for,
-    wait_listening,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
@@ -41,28 +40,7 @@ SECRET_ROLE = "dpb_secret_role"
 
 
 def gunicorn(env: dict[str, str], log: Path, workers: int = 2) -> Server:
-    port = free_port()
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                str(ROOT / "testproject" / "gunicorn.conf.py"),
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--no-control-socket",
-                "--workers",
-                str(workers),
-            ],
-            cwd=ROOT,
-            env=server_env(**env),
-            stdout=out,
-            stderr=out,
-        )
-    wait_listening(process, port, "gunicorn", log)
-    return Server(f"http://127.0.0.1:{port}", process)
+    return start_gunicorn("--workers", str(workers), env=env, log=log)
 
 
 def manage(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -136,9 +136,12 @@ class Slot:
 class _Waiter:
     """A queued checkout. ``lock`` is held until the pool hands something over."""
 
-    __slots__ = ("lock", "slot", "reserved", "error", "done")
+    __slots__ = ("lock", "slot", "reserved", "error", "done", "started")
 
     def __init__(self) -> None:
+        # When it began waiting: whoever hands it something records the wait,
+        # under the lock it holds anyway, so the woken thread needn't take it.
+        self.started = monotonic()
         self.lock = threading.Lock()
         self.lock.acquire()
         self.slot: Slot | None = None
@@ -283,7 +286,6 @@ class Pool:
         return waiter
 
     def _wait(self, waiter: _Waiter, opener: Opener, timeout: float) -> Slot:
-        started = monotonic()
         if not waiter.lock.acquire(True, timeout):
             # Critical section: decide here whether we timed out or whether a
             # hand-off beat us to it. Whoever sets ``done`` first wins.
@@ -307,13 +309,10 @@ class Pool:
                 raise self._timeout_error(message + " " + _HINT)
         if waiter.error is not None:
             raise waiter.error
-        now = monotonic()
-        with self._lock:
-            self._wait_ms.add((now - started) * 1000.0)
         if waiter.slot is not None:
             slot = waiter.slot
             slot.uses += 1
-            slot.checked_out_at = now
+            slot.checked_out_at = monotonic()
             if self._leak_timeout:
                 self._note_checkout(slot)
             return slot
@@ -327,7 +326,7 @@ class Pool:
         # Idleness alone is no reason to replace a connection here: trimming takes
         # the coldest one on return (and never goes below min_size).
         if now >= slot.expires:
-            reason: str | None = "drained" if slot.expires < 0 else "lifetime"
+            reason: str | None = _expiry_reason(slot)
         elif self._ping_always or (self._ping_after is not None and idle_for > self._ping_after):
             reason = self._ping(slot)
         else:
@@ -440,6 +439,7 @@ class Pool:
             waiter = self._waiters.popleft()
             waiter.done = True
             waiter.reserved = True
+            self._wait_ms.add((monotonic() - waiter.started) * 1000.0)
             waiter.lock.release()
         else:
             self._size -= 1
@@ -469,7 +469,7 @@ class Pool:
             if self._closed:
                 discard = "pool_closed"
             elif now >= slot.expires:
-                discard = "drained" if slot.expires < 0 else "lifetime"
+                discard = _expiry_reason(slot)
             elif self._max_uses and slot.uses >= self._max_uses:
                 discard = "uses"
         if discard is not None:
@@ -499,6 +499,7 @@ class Pool:
                 waiter = self._waiters.popleft()
                 waiter.done = True
                 waiter.slot = slot
+                self._wait_ms.add((now - waiter.started) * 1000.0)
                 waiter.lock.release()
                 return
             idle = self._idle
@@ -588,7 +589,7 @@ class Pool:
                     self._size -= 1
             for slot in [slot for slot in idle if now >= slot.expires]:
                 idle.remove(slot)
-                stale.append((slot, "drained" if slot.expires < 0 else "lifetime"))
+                stale.append((slot, _expiry_reason(slot)))
                 self._size -= 1
             for slot, reason in stale:
                 self._forget(slot, reason)
@@ -771,6 +772,11 @@ class Pool:
             wait_ms = self._wait_ms.copy()
             checkouts = self._requests - self._failures - len(self._waiters)
         return wait_ms.to_json(zeros=max(0, checkouts - wait_ms.count))
+
+
+def _expiry_reason(slot: Slot) -> str:
+    """Why a connection past its ``expires`` goes: a drain marks it negative."""
+    return "drained" if slot.expires < 0 else "lifetime"
 
 
 def _fresh(exc: BaseException | None) -> BaseException:
