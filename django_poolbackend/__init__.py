@@ -1,5 +1,7 @@
 """A drop-in Django database backend with a real per-process connection pool."""
 
+from typing import Any
+
 from .errors import PoolClosed, PoolTimeout
 
 __version__ = "0.1.0.dev0"
@@ -7,7 +9,7 @@ __version__ = "0.1.0.dev0"
 __all__ = ["PoolClosed", "PoolTimeout", "pool_stats"]
 
 
-def pool_stats(alias: str = "default") -> dict:
+def pool_stats(alias: str = "default") -> dict[str, Any]:
     """This process's figures for *alias*'s pool: every documented key, zeros
     before first use (docs/observability.md lists them)."""
     from .registry import stats

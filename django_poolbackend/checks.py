@@ -13,6 +13,7 @@ Ids are stable and never reused:
 ``E004``  (database)     PgBouncer in transaction mode with psycopg prepared statements on
 ``W005``  (database)     behind a connection proxy whose pool mode could not be read
 ``E005``  (debug toolbar) ``PoolPanel`` is used but ``django_poolbackend`` is not installed
+``E006``  (database)     PgBouncer in transaction mode with ``OPTIONS["assume_role"]``
 ======================== ===================================================================
 
 The static checks only read settings. The database-tagged check (run by
@@ -42,7 +43,7 @@ CHECK_CONNECT_TIMEOUT = 5
 _TRANSACTION_POOLING = ("transaction", "statement")
 
 
-def is_pooled(db: dict) -> bool:
+def is_pooled(db: dict[str, Any]) -> bool:
     """Whether a DATABASES entry uses django_poolbackend (directly or composed)."""
     engine = str(db.get("ENGINE", ""))
     if engine.startswith(POOLED_ENGINE_PREFIX):
@@ -65,7 +66,7 @@ def check_pool_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.C
     return pool_settings_messages(settings.DATABASES)
 
 
-def pool_settings_messages(databases: dict[str, dict]) -> list[checks.CheckMessage]:
+def pool_settings_messages(databases: dict[str, dict[str, Any]]) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
     for alias, db in databases.items():
         if not is_pooled(db):
@@ -112,7 +113,7 @@ def pool_settings_messages(databases: dict[str, dict]) -> list[checks.CheckMessa
     return errors
 
 
-def _stock_pool_messages(alias: str, db: dict) -> list[checks.CheckMessage]:
+def _stock_pool_messages(alias: str, db: dict[str, Any]) -> list[checks.CheckMessage]:
     """E003: what can make Django's own psycopg_pool run behind ours.
 
     Detectable without I/O: (1) the ENGINE's wrapper class resolves ``__init__``,
@@ -226,7 +227,7 @@ def expected_processes(config: Any) -> tuple[int | None, str]:
     return None, ""
 
 
-def server_messages(alias: str, settings_dict: dict) -> list[checks.CheckMessage]:
+def server_messages(alias: str, settings_dict: dict[str, Any]) -> list[checks.CheckMessage]:
     """The database-tagged messages for one alias; *settings_dict* as a wrapper has it."""
     from django.db.utils import load_backend
 
@@ -256,7 +257,7 @@ def server_messages(alias: str, settings_dict: dict) -> list[checks.CheckMessage
     )
 
 
-def _server_facts(wrapper: Any, settings_dict: dict) -> dict[str, Any]:
+def _server_facts(wrapper: Any, settings_dict: dict[str, Any]) -> dict[str, Any]:
     params = wrapper._dpb_params() if hasattr(wrapper, "_dpb_params") else (
         wrapper.get_connection_params()
     )
@@ -281,7 +282,7 @@ def _server_facts(wrapper: Any, settings_dict: dict) -> dict[str, Any]:
             pass
 
 
-def _rows(conn: Any, sql: str) -> list[tuple]:
+def _rows(conn: Any, sql: str) -> list[tuple[Any, ...]]:
     cursor = conn.cursor()
     try:
         cursor.execute(sql)
@@ -334,7 +335,9 @@ def _mysql_facts(conn: Any) -> dict[str, Any]:
     return {"limits": limits}
 
 
-def _pgbouncer_admin(wrapper: Any, params: dict, settings_dict: dict) -> dict[str, Any]:
+def _pgbouncer_admin(
+    wrapper: Any, params: dict[str, Any], settings_dict: dict[str, Any]
+) -> dict[str, Any]:
     """PgBouncer's own view, from its admin console (``SHOW POOLS``, ``SHOW CONFIG``).
 
     Only users listed in PgBouncer's ``admin_users``/``stats_users`` may ask; for
@@ -377,7 +380,7 @@ def _pgbouncer_admin(wrapper: Any, params: dict, settings_dict: dict) -> dict[st
     }
 
 
-def _simple_query(conn: Any, sql: str) -> list[tuple]:
+def _simple_query(conn: Any, sql: str) -> list[tuple[Any, ...]]:
     # PgBouncer's admin console speaks only the simple query protocol.
     pgconn = getattr(conn, "pgconn", None)
     if pgconn is None:  # psycopg2 always uses it.
@@ -394,7 +397,7 @@ def _simple_query(conn: Any, sql: str) -> list[tuple]:
     ]
 
 
-def _limit_messages(alias: str, config: Any, facts: dict) -> list[checks.CheckMessage]:
+def _limit_messages(alias: str, config: Any, facts: dict[str, Any]) -> list[checks.CheckMessage]:
     processes, source = expected_processes(config)
     worst = config.max_size * (processes or 1)
     bouncer = facts.get("pgbouncer") or {}
@@ -433,7 +436,7 @@ def _limit_messages(alias: str, config: Any, facts: dict) -> list[checks.CheckMe
 
 
 def _pgbouncer_messages(
-    alias: str, settings_dict: dict, facts: dict
+    alias: str, settings_dict: dict[str, Any], facts: dict[str, Any]
 ) -> list[checks.CheckMessage]:
     if not facts.get("proxied"):
         return []
@@ -445,6 +448,7 @@ def _pgbouncer_messages(
     prepared_on = facts.get("prepare_threshold") is not None and not bouncer.get(
         "prepared_statements"
     )
+    role = (settings_dict.get("OPTIONS") or {}).get("assume_role")
     out: list[checks.CheckMessage] = []
     if mode is None:
         risky = []
@@ -452,6 +456,8 @@ def _pgbouncer_messages(
             risky.append("server-side cursors (DISABLE_SERVER_SIDE_CURSORS is not True)")
         if prepared_on:
             risky.append("psycopg prepared statements (prepare_threshold is not None)")
+        if role:
+            risky.append("OPTIONS['assume_role'] (its SET ROLE stays on a shared server session)")
         if risky:
             out.append(
                 checks.Warning(
@@ -470,8 +476,9 @@ def _pgbouncer_messages(
         out.append(
             checks.Warning(
                 f"DATABASES[{alias!r}] goes through PgBouncer in {mode} mode with "
-                "server-side cursors enabled: QuerySet.iterator() outside a transaction "
-                "fails with 'cursor does not exist'.",
+                "server-side cursors enabled: a cursor declared WITH HOLD outside a "
+                "transaction (QuerySet.iterator() on the stock engine) fails at its next "
+                "FETCH on another server session with 'cursor does not exist'.",
                 hint=f"Set DATABASES[{alias!r}]['DISABLE_SERVER_SIDE_CURSORS'] = True.",
                 id="django_poolbackend.W004",
             )
@@ -486,6 +493,20 @@ def _pgbouncer_messages(
                 hint=f"Set DATABASES[{alias!r}]['OPTIONS']['prepare_threshold'] = None, or "
                 "enable max_prepared_statements in PgBouncer 1.21+.",
                 id="django_poolbackend.E004",
+            )
+        )
+    if role:
+        out.append(
+            checks.Error(
+                f"DATABASES[{alias!r}] goes through PgBouncer in {mode} mode with "
+                f"OPTIONS['assume_role'] = {role!r}: the SET ROLE a new connection runs "
+                "changes whichever server session PgBouncer lent it, which then serves "
+                "other clients with that role, while later transactions of this "
+                "connection may run without it.",
+                hint=f"Remove OPTIONS['assume_role'] and connect as that role (USER), or "
+                f"give DATABASES[{alias!r}] a PgBouncer database in session mode "
+                "(pool_mode=session in its [databases] line).",
+                id="django_poolbackend.E006",
             )
         )
     return out

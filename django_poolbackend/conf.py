@@ -20,7 +20,9 @@ _SHARED_KEYS = ("min_size", "max_size", "timeout", "max_waiting", "max_lifetime"
 _IGNORED_KEYS = ("name", "num_workers", "reconnect_timeout", "open")
 
 
-def prepare(settings_dict: dict, alias: str) -> tuple[dict, PoolConfig | ImproperlyConfigured]:
+def prepare(
+    settings_dict: dict[str, Any], alias: str
+) -> tuple[dict[str, Any], PoolConfig | ImproperlyConfigured]:
     """Return the settings the stock backend may see, and the pool config or the
     error that explains why there is none.
 
@@ -73,7 +75,7 @@ def describe(exc: ConfigError, where: str) -> str:
     return f"{where}[{exc.key!r}] = {exc.value!r} is invalid: {exc.allowed}."
 
 
-def _from_options_pool(alias: str, raw: Any) -> dict:
+def _from_options_pool(alias: str, raw: Any) -> dict[str, Any]:
     if raw is True or raw is False or raw is None:
         return {}
     if not isinstance(raw, Mapping):

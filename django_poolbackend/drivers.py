@@ -69,6 +69,13 @@ class Driver:
         back."""
         return bool(conn.autocommit)
 
+    def behind_proxy(self, conn: Any) -> bool:
+        """Whether a connection proxy (PgBouncer, …) stands between *conn* and the
+        server, so that consecutive transactions may run on different server
+        sessions. Asked once per pool, on its first connection; only PostgreSQL's
+        drivers can tell."""
+        return False
+
 
 class PsycopgDriver(Driver):
     name = "psycopg"
@@ -80,6 +87,20 @@ class PsycopgDriver(Driver):
         self._ok = pq.ConnStatus.OK
         self._idle = pq.TransactionStatus.IDLE
         self._command_ok = pq.ExecStatus.COMMAND_OK
+        self._tuples_ok = pq.ExecStatus.TUPLES_OK
+
+    def behind_proxy(self, conn: Any) -> bool:
+        # A proxy answers the startup with a backend key of its own (PgBouncer's
+        # is random), so the pid libpq was given differs from the server's. The
+        # query goes straight through libpq, like the ping: no transaction, and
+        # psycopg's statement cache never sees it.
+        pgconn = conn.pgconn
+        result = pgconn.exec_(b"SELECT pg_backend_pid()")
+        if result.status != self._tuples_ok:
+            raise conn.OperationalError(
+                "SELECT pg_backend_pid() failed: " + pgconn.get_error_message()
+            )
+        return bool(int(result.get_value(0, 0)) != pgconn.backend_pid)
 
     def ping(self, conn: Any, timeout: float | None = None) -> None:
         # An empty query is the lightest full round trip PostgreSQL answers; going
@@ -156,6 +177,15 @@ class Psycopg2Driver(Driver):
         if status == 4:
             return BROKEN
         return IDLE if status == 0 else IN_TRANSACTION
+
+    def behind_proxy(self, conn: Any) -> bool:
+        # As for psycopg: the startup's backend pid against the server's.
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            (server_pid,) = cursor.fetchone()
+        if not conn.autocommit:
+            conn.rollback()
+        return bool(server_pid != conn.get_backend_pid())
 
     def full_reset(self, conn: Any, params: Any = None) -> None:
         autocommit = conn.autocommit
@@ -361,7 +391,7 @@ class _Watchdog:
     def __init__(self, conn: Any, timeout: float | None) -> None:
         self._conn = conn
         self._timeout = timeout
-        self._entry: list | None = None
+        self._entry: list[int] | None = None
 
     def __enter__(self) -> _Watchdog:
         if self._timeout is not None:
@@ -398,11 +428,11 @@ class _Watchdogs:
 
     def _reinit(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._heap: list[tuple[float, int, list]] = []
+        self._heap: list[tuple[float, int, list[int]]] = []
         self._seq = 0
         self._thread: threading.Thread | None = None
 
-    def arm(self, fd: int, timeout: float) -> list:
+    def arm(self, fd: int, timeout: float) -> list[int]:
         entry = [fd, _ARMED]
         deadline = monotonic() + timeout
         with self._cond:
@@ -419,7 +449,7 @@ class _Watchdogs:
                 self._thread.start()
         return entry
 
-    def disarm(self, entry: list) -> bool:
+    def disarm(self, entry: list[int]) -> bool:
         """Whether the deadline passed (and the socket was shut down)."""
         with self._cond:
             fired = entry[1] == _FIRED
@@ -479,7 +509,8 @@ def _bind_reset_connection(conn: Any) -> Any:
         return False
 
     def reset_connection(conn: Any) -> int:
-        return reset(id(conn) + offset)
+        # restype c_int: ctypes already returns a Python int.
+        return int(reset(id(conn) + offset))
 
     return reset_connection
 

@@ -123,6 +123,13 @@ class PooledDatabaseWrapperMixin:
             if name in self.__dict__
         }
         self._dpb_synced = pool
+        # Asked once per pool, on its first connection (one round trip on
+        # PostgreSQL, none elsewhere); chunked_cursor() reads the answer.
+        try:
+            behind_proxy = self._dpb_driver.behind_proxy(self.connection)
+        except Exception:
+            behind_proxy = True  # can't tell: the answer that can't break a cursor
+        pool.extra["behind_proxy"] = behind_proxy
 
     def _dpb_pool(self) -> Pool:
         sd = self.settings_dict
@@ -217,6 +224,24 @@ class PooledDatabaseWrapperMixin:
             self.connection = None
         if _recorder.active:  # a debug-toolbar panel is recording somewhere
             _recorder.checkin(self, discard, reset)
+
+    def chunked_cursor(self) -> Any:
+        """``QuerySet.iterator()`` outside a transaction declares a cursor WITH
+        HOLD, which lives in one server session. Behind a proxy that hands server
+        sessions out per transaction (PgBouncer in transaction mode) the next FETCH
+        may reach another session ('cursor ... does not exist'), so there the rows
+        come through a client-side cursor, as with DISABLE_SERVER_SIDE_CURSORS.
+        Inside a transaction the server-side cursor stays: it lives and dies with
+        the transaction, in one server session."""
+        self.ensure_connection()
+        slot = self._dpb_slot
+        if (
+            slot is not None
+            and slot.pool.extra.get("behind_proxy")
+            and self._dpb_driver.autocommit(self.connection)
+        ):
+            return self.cursor()
+        return super().chunked_cursor()  # type: ignore[misc]
 
     def is_usable(self) -> bool:
         if self.connection is None:

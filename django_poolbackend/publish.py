@@ -351,7 +351,7 @@ def request_drain(alias: str, directory: Path | None = None) -> int:
 
 def drain_generations(directory: Path | None = None) -> dict[str, int]:
     directory = directory or stats_dir()
-    out = {}
+    out: dict[str, int] = {}
     try:
         names = os.listdir(directory)
     except OSError:

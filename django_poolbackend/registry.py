@@ -32,6 +32,8 @@ _exit_hooks_pid = 0
 #: This process's maintenance thread; threads do not survive fork(), so a child
 #: starts its own with its first pool.
 _maintainer: Maintainer | None = None
+#: The app configs whose ready() had run when this process last looked.
+_app_configs_seen: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def get(alias: str, key: Any, factory: Callable[[Any], Pool]) -> Pool:
@@ -80,6 +82,12 @@ def _install_hooks() -> None:
         )
         # Inherited by forked children, so installed once.
         atexit.register(close_all)
+        from django.apps import apps
+        from django.core.signals import setting_changed
+
+        if apps.ready:
+            _app_configs_seen.update(apps.get_app_configs())
+        setting_changed.connect(_installed_apps_changed, weak=False)
     pid = os.getpid()
     if _exit_hooks_pid == pid:
         return
@@ -117,6 +125,28 @@ def retire(alias: str) -> None:
         )
         pool.close()
         _publish_quietly(pool, withdraw=False)
+
+
+def _installed_apps_changed(*, setting: str, **kwargs: Any) -> None:
+    """INSTALLED_APPS changed (``override_settings``, ``modify_settings``).
+
+    Apps installed so run ``ready()``, which sets up connections: the ones wrappers
+    hold, and through ``connection_created`` the ones opened from then on
+    (``django.contrib.postgres`` registers its hstore and citext adapters so); never
+    one idle in a pool. Retiring the pools makes every connection handed out from then
+    on one they have seen, as with the stock engine. A test case's ``available_apps``
+    only narrows the registry (the same app configs, no ``ready()``): nothing to do.
+    """
+    if setting != "INSTALLED_APPS":
+        return
+    from django.apps import apps
+
+    configs = apps.get_app_configs() if apps.ready else []
+    fresh = not apps.ready or any(config not in _app_configs_seen for config in configs)
+    _app_configs_seen.update(configs)
+    if fresh:
+        for alias in list(pools):
+            retire(alias)
 
 
 def close_all() -> None:
@@ -184,7 +214,7 @@ def stats(alias: str) -> dict[str, Any]:
     return _unused_figures(alias)
 
 
-def identity(vendor: str, settings_dict: dict) -> dict[str, str]:
+def identity(vendor: str, settings_dict: dict[str, Any]) -> dict[str, str]:
     """Where a pool connects, for figures and snapshots: never the password."""
     return {
         "vendor": vendor,

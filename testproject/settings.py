@@ -1,7 +1,13 @@
 """Settings of the demo project: the database comes from DATABASE_URL.
 
-DATABASE_URL=postgres://postgres@127.0.0.1:5432/dpb_demo   (the default)
+(unset)                                     SQLite in .demo/dpb_demo.sqlite3 (no server)
+DATABASE_URL=sqlite:///relative/path.sqlite3   (relative to the working directory)
+DATABASE_URL=sqlite:////absolute/path.sqlite3
+DATABASE_URL=postgres://postgres@127.0.0.1:5432/dpb_demo
 DATABASE_URL=mysql://root@127.0.0.1:3306/dpb_demo
+
+Query parameters go to POOL (``?max_size=8``). DPB_STOCK_ENGINE=1 swaps in Django's
+own engine for the same vendor, without a pool (the demo's comparison run).
 """
 
 import os
@@ -25,14 +31,36 @@ INSTALLED_APPS = [
     "testproject.shop",
 ]
 MIDDLEWARE: list[str] = []
+if os.environ.get("DPB_DEMO_COUNT_DIR"):
+    # ./dev demo: each Gunicorn worker counts the connections it opens.
+    INSTALLED_APPS += ["testproject.demo.ConnectionCounter"]
 
 ENGINES = {
     "postgres": "django_poolbackend.postgresql",
     "postgresql": "django_poolbackend.postgresql",
     "mysql": "django_poolbackend.mysql",
     "mariadb": "django_poolbackend.mysql",
+    "sqlite": "django_poolbackend.sqlite3",
 }
 DEFAULT_PORTS = {"django_poolbackend.postgresql": 5432, "django_poolbackend.mysql": 3306}
+#: Django's own engine for each of ours: what the demo compares against.
+STOCK_ENGINES = {
+    "django_poolbackend.postgresql": "django.db.backends.postgresql",
+    "django_poolbackend.mysql": "django.db.backends.mysql",
+    "django_poolbackend.sqlite3": "django.db.backends.sqlite3",
+}
+#: The demo's embedded database: in the repository's .demo/ (git-ignored), which
+#: ``python -m testproject.demo createdb`` makes.
+DEMO_SQLITE = BASE_DIR.parent / ".demo" / "dpb_demo.sqlite3"
+#: Two Gunicorn processes write to one file. WAL lets reads run beside the one
+#: writer; BEGIN IMMEDIATE takes the write lock when a transaction starts, so a
+#: second writer waits for it (up to ``timeout`` seconds) instead of failing with
+#: "database is locked" when its read lock can't be upgraded mid-transaction.
+SQLITE_OPTIONS = {
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 20,
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+}
 
 
 def database_from_url(url: str, **extra) -> dict:
@@ -46,6 +74,8 @@ def database_from_url(url: str, **extra) -> dict:
             f"use one of {', '.join(sorted(ENGINES))}"
         ) from None
     pool = {key: _number(value) for key, value in parse_qsl(parts.query)}
+    if engine == "django_poolbackend.sqlite3":
+        return sqlite_database(unquote(parts.path.removeprefix("/")), pool, **extra)
     name = unquote(parts.path.lstrip("/"))
     return {
         "ENGINE": engine,
@@ -62,6 +92,32 @@ def database_from_url(url: str, **extra) -> dict:
     }
 
 
+def sqlite_database(path: str | Path, pool: dict | None = None, **extra) -> dict:
+    """A pooled SQLite entry; the test database stays Django's in-memory one."""
+    if not str(path):
+        raise ValueError(
+            "DATABASE_URL names no SQLite file: use sqlite:///relative/path.sqlite3 "
+            "or sqlite:////absolute/path.sqlite3"
+        )
+    return {
+        "ENGINE": "django_poolbackend.sqlite3",
+        "NAME": str(path),
+        "OPTIONS": dict(SQLITE_OPTIONS),
+        "CONN_MAX_AGE": 0,
+        "POOL": {"max_size": 4, **(pool or {})},
+        **extra,
+    }
+
+
+def stock_engine(database: dict) -> dict:
+    """The same database through Django's own engine, which opens a connection per
+    request (CONN_MAX_AGE=0, Django's default)."""
+    stock = {key: value for key, value in database.items() if key != "POOL"}
+    stock["ENGINE"] = STOCK_ENGINES[database["ENGINE"]]
+    stock["CONN_MAX_AGE"] = 0
+    return stock
+
+
 def _number(value: str):
     for kind in (int, float):
         try:
@@ -72,10 +128,14 @@ def _number(value: str):
 
 
 DATABASES = {
-    "default": database_from_url(
-        os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dpb_demo")
+    "default": (
+        database_from_url(os.environ["DATABASE_URL"])
+        if os.environ.get("DATABASE_URL")
+        else sqlite_database(DEMO_SQLITE)
     )
 }
+if os.environ.get("DPB_STOCK_ENGINE") == "1":
+    DATABASES["default"] = stock_engine(DATABASES["default"])
 
 if os.environ.get("DJANGO_DEBUG_TOOLBAR") == "1":
     # django-debug-toolbar with the pool panel (shown only with DJANGO_DEBUG=1 and
@@ -103,5 +163,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_poolbackend": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "django_poolbackend": {
+            "handlers": ["console"],
+            # The demo sets WARNING: the pools' INFO lines would cut its progress line.
+            "level": os.environ.get("DPB_LOG_LEVEL", "INFO"),
+        }
+    },
 }

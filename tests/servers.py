@@ -160,3 +160,101 @@ class PrivateMariaDB(_PrivateServer):
             self.process.terminate()  # SIGTERM: a normal shutdown
             self.process.wait(timeout=60)
         self.process = None
+
+
+class PrivatePgBouncer:
+    """Debian's PgBouncer on a free port, with a private ini in a temporary
+    directory, run as the postgres OS user (it refuses to run as root).
+
+    *databases* maps each PgBouncer database name to its connect string
+    (``host=127.0.0.1 port=5432 dbname=... pool_mode=...``); *settings* are
+    extra ``[pgbouncer]`` lines. The user ``postgres`` may use the admin console.
+    Stopped by its own pid only.
+    """
+
+    BINARY = "/usr/sbin/pgbouncer"
+
+    def __init__(self, databases: dict[str, str], **settings: object) -> None:
+        from pathlib import Path
+
+        from .conftest import wait_listening
+
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="dpb_pgbouncer_")
+        self.log = os.path.join(self.dir, "pgbouncer.log")
+        users = os.path.join(self.dir, "users.txt")
+        ini = os.path.join(self.dir, "pgbouncer.ini")
+        with open(users, "w") as handle:
+            handle.write('"postgres" ""\n')
+        lines = ["[databases]"]
+        lines += [f"{name} = {target}" for name, target in databases.items()]
+        lines += [
+            "[pgbouncer]",
+            "listen_addr = 127.0.0.1",
+            f"listen_port = {self.port}",
+            "unix_socket_dir =",
+            "auth_type = trust",
+            f"auth_file = {users}",
+            "admin_users = postgres",
+            f"logfile = {self.log}",
+        ]
+        lines += [f"{key} = {value}" for key, value in settings.items()]
+        with open(ini, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        for path in (self.dir, users, ini):
+            shutil.chown(path, "postgres", "postgres")
+        self.process = subprocess.Popen(
+            [self.BINARY, ini],
+            user="postgres",
+            # Not a pipe: nobody reads it, and a full pipe would stall PgBouncer.
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_listening(self.process, self.port, "pgbouncer", Path(self.log))
+        except BaseException:
+            self.destroy()
+            raise
+
+    @staticmethod
+    def version() -> str:
+        """``PgBouncer 1.18.0``: the first line of ``pgbouncer --version``."""
+        out = subprocess.run(
+            [PrivatePgBouncer.BINARY, "--version"], capture_output=True, text=True, timeout=30
+        )
+        return out.stdout.splitlines()[0].strip()
+
+    def admin(self, command: str) -> list[dict[str, str | None]]:
+        """One command on the admin console (``SHOW POOLS``, ``SHOW CLIENTS``, …)
+        as rows of column name to text. The console speaks only the simple query
+        protocol, so the command goes straight through libpq."""
+        import psycopg
+
+        conn = psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="pgbouncer", autocommit=True
+        )
+        try:
+            result = conn.pgconn.exec_(command.encode())
+            ok = (psycopg.pq.ExecStatus.TUPLES_OK, psycopg.pq.ExecStatus.COMMAND_OK)
+            if result.status not in ok:
+                raise RuntimeError(f"{command}: {conn.pgconn.get_error_message()}")
+            names = [result.fname(c).decode() for c in range(result.nfields)]
+            return [
+                {
+                    name: None if (v := result.get_value(r, c)) is None else v.decode()
+                    for c, name in enumerate(names)
+                }
+                for r in range(result.ntuples)
+            ]
+        finally:
+            conn.close()
+
+    def destroy(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: PgBouncer shuts down at once
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -48,6 +48,22 @@ def test_wheel_has_templates_types_and_every_engine(dist: dict[str, Path]) -> No
     assert not [name for name in names if name.startswith(("tests/", "testproject/"))]
 
 
+def test_license_travels_with_both(dist: dict[str, Path]) -> None:
+    version = django_poolbackend.__version__
+    license_text = (ROOT / "LICENSE").read_text()
+    assert license_text.startswith("MIT License")
+    with zipfile.ZipFile(dist["wheel"]) as wheel:
+        info = f"django_poolbackend-{version}.dist-info"
+        assert wheel.read(f"{info}/licenses/LICENSE").decode() == license_text
+        metadata = Parser().parsestr(wheel.read(f"{info}/METADATA").decode())
+    assert metadata.get_all("License-File") == ["LICENSE"]
+    top = dist["sdist"].name.removesuffix(".tar.gz")
+    with tarfile.open(dist["sdist"]) as sdist:
+        member = sdist.extractfile(f"{top}/LICENSE")
+        assert member is not None
+        assert member.read().decode() == license_text
+
+
 def test_metadata_version_from_one_place(dist: dict[str, Path]) -> None:
     version = django_poolbackend.__version__
     assert dist["wheel"].name == f"django_poolbackend-{version}-py3-none-any.whl"

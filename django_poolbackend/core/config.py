@@ -106,10 +106,11 @@ def _pre_ping(key: str, value: Any) -> bool | float:
 
 
 def _reset(key: str, value: Any) -> str | Callable[[Any], None]:
-    if value in RESET_POLICIES or callable(value):
+    if isinstance(value, str) and (value in RESET_POLICIES or "." in value.strip(".")):
         return value
-    if isinstance(value, str) and "." in value.strip("."):
-        return value
+    if callable(value):
+        reset: Callable[[Any], None] = value
+        return reset
     raise ConfigError(
         key,
         value,
@@ -126,8 +127,11 @@ def _optional_count(key: str, value: Any) -> int | None:
 
 
 def _dotted_or_none(key: str, value: Any) -> str | Callable[..., Any] | None:
-    if value is None or callable(value):
-        return value
+    if value is None:
+        return None
+    if callable(value):
+        hook: Callable[..., Any] = value
+        return hook
     if isinstance(value, str) and "." in value.strip("."):
         return value
     raise ConfigError(key, value, "must be None or the dotted path of a callable")

@@ -89,8 +89,7 @@ def collect(aliases: list[str]) -> dict[str, Any]:
             if alias not in aliases:
                 continue
             row = dict(figures)
-            hist = Histogram.from_json(row.pop("wait_histogram", {}))
-            waits.setdefault(alias, []).append(hist)
+            waits.setdefault(alias, []).append(Histogram.from_json(row.pop("wait_histogram", {})))
             row["snapshot_age"] = round(snapshot["age"], 3)
             rows.append(row)
     rows.sort(key=lambda r: (r.get("alias", ""), r.get("pid", 0)))
