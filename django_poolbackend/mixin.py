@@ -20,13 +20,12 @@ import logging
 import os
 import time
 from os import getpid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.signals import connection_created
-from django.utils.asyncio import async_unsafe
 from django.utils.module_loading import import_string
 
 from . import conf, drivers, publish, registry
@@ -39,30 +38,42 @@ logger = logging.getLogger("django_poolbackend")
 _drivers: dict[str, drivers.Driver] = {}
 
 
-class PooledDatabaseWrapperMixin:
+if TYPE_CHECKING:
+    # What the mixin is composed with, for the type checker only: at run time it
+    # must stay a plain mixin, in front of whichever wrapper it pools.
+    from django.db.backends.base.base import BaseDatabaseWrapper as _WrapperBase
+else:
+    _WrapperBase = object
+
+
+class PooledDatabaseWrapperMixin(_WrapperBase):
     _dpb_slot: Slot | None = None
     #: The pool whose remembered wrapper attributes this wrapper has applied.
     _dpb_synced: Pool | None = None
 
-    def __init__(self, settings_dict: dict, alias: str = DEFAULT_DB_ALIAS) -> None:
+    def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
         settings_dict, config = conf.prepare(settings_dict, alias)
-        super().__init__(settings_dict, alias)  # type: ignore[call-arg]
+        super().__init__(settings_dict, alias)
         #: A PoolConfig, or the ImproperlyConfigured raised when a pool is needed.
         self._dpb_config = config
         self._dpb_pooled = alias != NO_DB_ALIAS
-        module = self.Database.__name__
+        database: Any = self.Database  # type: ignore[attr-defined]  # every concrete wrapper sets it
+        module = database.__name__
         driver = _drivers.get(module)
         if driver is None:
-            driver = _drivers.setdefault(module, drivers.for_module(self.Database))
+            driver = _drivers.setdefault(module, drivers.for_module(database))
         self._dpb_driver = driver
 
     # -- checkout ---------------------------------------------------------------
 
-    @async_unsafe
     def connect(self) -> None:
+        # Not @async_unsafe, unlike Django's: its one caller, ensure_connection(),
+        # already checks, and so do get_new_connection(), the only I/O a checkout
+        # can do, and Django's own connect(); the check costs a raised and caught
+        # exception per call.
         if not self._dpb_pooled:
             # Django's connections for creating and dropping databases.
-            return super().connect()  # type: ignore[misc]
+            return super().connect()
         if self._dpb_slot is not None:
             # connect() on a connected wrapper: give the old one back first.
             self._close()
@@ -75,20 +86,31 @@ class PooledDatabaseWrapperMixin:
         self.needs_rollback = False
         self.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
         max_age = settings_dict["CONN_MAX_AGE"]
-        self.close_at = None if max_age is None else time.monotonic() + max_age
+        # CONN_MAX_AGE=0 (the default): any past instant does, without a clock read.
+        self.close_at = None if max_age is None else time.monotonic() + max_age if max_age else 0.0
         self.closed_in_transaction = False
         self.errors_occurred = False
         self.health_check_done = True
         self.__dict__.pop("_dpb_failed_check", None)
 
-        pool = self._dpb_pool()
+        # _dpb_pool(), inlined.
+        key = (
+            settings_dict["NAME"],
+            settings_dict["USER"],
+            settings_dict["HOST"],
+            settings_dict["PORT"],
+            self.timezone_name,
+        )
+        pool = registry.pools.get(self.alias)
+        if pool is None or pool.key != key or pool.pid != getpid():
+            pool = registry.get(self.alias, key, self._dpb_new_pool)
         options = settings_dict["OPTIONS"]
         if options is not pool.extra["options_of"] and options != pool.extra["options"]:
             # Another wrapper of this alias with other OPTIONS (connection.copy()
             # and a changed isolation level, role, …): the pool's connections were
             # set up with the pool's, so this one gets a connection of its own,
             # outside the pool, exactly as the stock engine opens it.
-            return super().connect()  # type: ignore[misc]
+            return super().connect()
         self.connection = None
         if _recorder.active:  # a debug-toolbar panel is recording somewhere
             slot = _recorder.checkout(self, pool)
@@ -175,11 +197,11 @@ class PooledDatabaseWrapperMixin:
             raise
         return conn
 
-    def get_connection_params(self) -> dict:
+    def get_connection_params(self) -> dict[str, Any]:
         """PostgreSQL sessions of a pool are named ``dpb:<alias>:<pid>`` unless the
         user named them (OPTIONS or ``PGAPPNAME``), so ``manage.py poolstats
         --server`` can tell which process holds which session."""
-        params = super().get_connection_params()  # type: ignore[misc]
+        params: dict[str, Any] = super().get_connection_params()
         if (
             self.vendor == "postgresql"
             and self._dpb_pooled
@@ -190,10 +212,11 @@ class PooledDatabaseWrapperMixin:
             params["application_name"] = application_name(self.alias, os.getpid())
         return params
 
-    def _dpb_params(self) -> dict:
+    def _dpb_params(self) -> dict[str, Any]:
         """Django's connection parameters, through the ``connect_params`` hook."""
         params = self.get_connection_params()
-        hook = self._dpb_config.connect_params
+        config = self._dpb_config
+        hook = None if isinstance(config, ImproperlyConfigured) else config.connect_params
         if hook is not None:
             if isinstance(hook, str):
                 hook = import_string(hook)
@@ -210,8 +233,10 @@ class PooledDatabaseWrapperMixin:
     def _close(self) -> None:
         slot = self._dpb_slot
         if slot is None:
-            return super()._close()  # type: ignore[misc]
+            super()._close()  # type: ignore[misc]  # not in django-stubs
+            return
         self._dpb_slot = None
+        discard: str | None
         if self.__dict__.pop("_dpb_failed_check", False):
             discard, reset = "broken", False
         else:
@@ -241,13 +266,13 @@ class PooledDatabaseWrapperMixin:
             and self._dpb_driver.autocommit(self.connection)
         ):
             return self.cursor()
-        return super().chunked_cursor()  # type: ignore[misc]
+        return super().chunked_cursor()
 
     def is_usable(self) -> bool:
         if self.connection is None:
             # Given back by a bare _close(); mysqlclient's check would crash on None.
             return False
-        usable = super().is_usable()  # type: ignore[misc]
+        usable: bool = super().is_usable()
         if not usable and self._dpb_slot is not None:
             # Django closes a connection that fails its own check (CONN_HEALTH_CHECKS,
             # close_if_unusable_or_obsolete). mysqlclient's client-side state can't
@@ -265,6 +290,17 @@ class PooledDatabaseWrapperMixin:
             # so it must never serve anyone else.
             return "closed_in_transaction", False
         conn = slot.conn
+        if (
+            self.autocommit
+            and not self.errors_occurred
+            and not self.needs_rollback
+            and slot.pool.config.reset == "rollback"
+            and self._dpb_driver.idle_in_autocommit(conn)
+            and self.settings_dict["AUTOCOMMIT"]
+        ):
+            # Every request's return: no transaction, autocommit everywhere,
+            # nothing to reset. What follows would conclude the same, slower.
+            return None, False
         state = self._dpb_driver.state(conn)
         if state == drivers.BROKEN:
             return "broken", False
@@ -291,13 +327,12 @@ class PooledDatabaseWrapperMixin:
                     # With AUTOCOMMIT=False every return rolls back by design;
                     # otherwise the request left a transaction open or failed.
                     logger.warning(
-                        "Pool %r: rolled back a transaction left open on a returned "
-                        "connection.",
+                        "Pool %r: rolled back a transaction left open on a returned connection.",
                         self.alias,
                     )
             if self.autocommit != autocommit or driver_autocommit != autocommit:
                 reset = True
-                self._set_autocommit(autocommit)
+                self._set_autocommit(autocommit)  # type: ignore[attr-defined]  # every vendor's wrapper has it
                 self.autocommit = autocommit
             policy = slot.pool.config.reset
             if policy == "rollback":
@@ -329,7 +364,7 @@ class PooledDatabaseWrapperMixin:
         if full_reset is None:
             raise NotImplementedError(f"reset='full' is not supported with {self._dpb_driver.name}")
 
-        def params(credentials: bool = False) -> dict:
+        def params(credentials: bool = False) -> dict[str, Any]:
             # A reset that logs in again needs what a new connection would get
             # (connect_params: short-lived credentials); one that doesn't, only
             # Django's own connect options.
@@ -392,7 +427,9 @@ def _forget_inherited_connections() -> None:
             wrapper._dpb_forget_inherited()
 
 
-def _background_opener(cls: type, settings_dict: dict, alias: str, pool: Pool) -> Any:
+def _background_opener(
+    cls: type[PooledDatabaseWrapperMixin], settings_dict: dict[str, Any], alias: str, pool: Pool
+) -> Any:
     """An opener for the maintenance thread, which has no wrapper of its own: a
     throwaway wrapper opens and sets up the connection exactly as a checkout would."""
 

@@ -38,18 +38,42 @@ LOAD_DEADLINE = 60.0  # seconds for the whole load; it takes a few
 # -- who owns a MySQL session -----------------------------------------------------
 
 
-def _own_tcp_ports() -> set[int]:
-    """Local ports of this process's TCP sockets (Linux: /proc)."""
+def _process_tree(pid: int) -> list[int]:
+    """*pid* and its descendants (Linux: /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def _tcp_ports(pid: int) -> set[int]:
+    """Local ports of the TCP sockets of *pid* and its descendants (Linux: /proc)."""
     inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
+    for member in _process_tree(pid):
         try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
+            fds = os.listdir(f"/proc/{member}/fd")
         except OSError:
             continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{member}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
     ports = set()
-    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
         try:
             with open(table) as f:
                 lines = f.read().splitlines()[1:]
@@ -72,15 +96,15 @@ class Sessions:
     """The uvicorn process's sessions on one vendor's test database, from the server.
 
     PostgreSQL: sessions with the process's unique application_name. MySQL has no
-    such tag, so: every session on our test database (its name carries the run's
-    suffix) except this pytest process's own (matched by client port), which
-    includes the observer asking.
+    such tag, so: the sessions on our test database (its name carries the run's
+    suffix) whose client port is a socket of the uvicorn process (or a child).
     """
 
-    def __init__(self, alias: str, application_name: str) -> None:
+    def __init__(self, alias: str, application_name: str, pid: int) -> None:
         self.observer = Observer(connections[alias].settings_dict)
         self.vendor = self.observer.vendor
         self.application_name = application_name
+        self.pid = pid
 
     def ids(self) -> set[int]:
         if self.vendor == "postgresql":
@@ -89,13 +113,13 @@ class Sessions:
                 (self.application_name, self.observer.database),
             )
             return {row[0] for row in rows}
-        own = _own_tcp_ports()
+        theirs = _tcp_ports(self.pid)
         rows = self.observer.query(
             "SELECT id, host FROM information_schema.processlist"
             " WHERE db = %s AND id <> CONNECTION_ID()",
             (self.observer.database,),
         )
-        return {ident for ident, host in rows if _port(host) not in own}
+        return {ident for ident, host in rows if _port(host) in theirs}
 
     def states(self) -> list[str]:
         """PostgreSQL's view of each session: 'idle', 'idle in transaction', …"""
@@ -112,10 +136,13 @@ class Sessions:
 class Sampler(threading.Thread):
     """Counts the sessions over and over until stopped (or its deadline passes)."""
 
-    def __init__(self, alias: str, application_name: str, deadline: float = 120.0) -> None:
+    def __init__(
+        self, alias: str, application_name: str, pid: int, deadline: float = 120.0
+    ) -> None:
         super().__init__(daemon=True)
         self.alias = alias
         self.application_name = application_name
+        self.pid = pid
         self.deadline = deadline
         self.stopped = threading.Event()
         self.started_sampling = threading.Event()
@@ -126,7 +153,7 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         try:
             # Its own observer: a driver connection is not shared between threads.
-            sessions = Sessions(self.alias, self.application_name)
+            sessions = Sessions(self.alias, self.application_name, self.pid)
             try:
                 self.started_sampling.set()
                 deadline = time.monotonic() + self.deadline
@@ -219,8 +246,8 @@ def test_async_views_return_connections_to_the_pool(vendor, uvicorn_server):
         Item.objects.using(alias).create(name=f"item{n}", stock=n)
     connections[alias].close()  # back to this (pytest) process's own pool
 
-    sessions = Sessions(alias, application_name)
-    sampler = Sampler(alias, application_name)
+    sessions = Sessions(alias, application_name, server.process.pid)
+    sampler = Sampler(alias, application_name, server.process.pid)
     try:
         assert sessions.ids() == set()  # the server has not touched the database yet
         sampler.start()

@@ -130,3 +130,16 @@ def test_ruff_is_clean_on_the_package() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All checks passed" in result.stdout
+
+
+def test_mypy_strict_accepts_the_package() -> None:
+    pytest.importorskip("mypy", reason="pip install mypy django-stubs (the dev extra)")
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "django_poolbackend"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success: no issues found" in result.stdout

@@ -129,7 +129,7 @@ class Slot:
         self.closed = False
         self.checked_out_at = now
         # Captured at checkout only when leak_timeout is set.
-        self.stack: traceback.StackSummary | None = None
+        self.stack: list[traceback.FrameSummary] | None = None
         self.leak_warned = False
 
 
@@ -175,10 +175,12 @@ class Pool:
         self._max_uses = config.max_uses
         self._max_idle = config.max_idle
         self._leak_timeout = config.leak_timeout
+        # Ping a connection idle for longer than this many seconds: -1 pings
+        # every checkout (pre_ping=True), infinity none (False). One float
+        # comparison on the hot path either way.
         pre_ping = config.pre_ping
-        self._ping_always = pre_ping is True
         self._ping_after = (
-            None if isinstance(pre_ping, bool) else float(pre_ping)  # type: ignore[arg-type]
+            -1.0 if pre_ping is True else float("inf") if pre_ping is False else float(pre_ping)
         )
         self._ping_timeout = max(PING_TIMEOUT_MIN, min(config.timeout, PING_TIMEOUT_MAX))
         self._backoff_initial = BACKOFF_INITIAL
@@ -243,6 +245,8 @@ class Pool:
         """
         if self._orphans:
             self._reap()
+        slot: Slot | None
+        waiter: _Waiter | None
         try:
             with self._lock:
                 if self._closed:
@@ -263,7 +267,16 @@ class Pool:
             raise
 
         if slot is not None:
-            return self._validate(slot, opener)
+            # _validate()'s common case, inlined: a connection in its lifetime
+            # that needs no ping goes straight out.
+            now = monotonic()
+            if now < slot.expires and now - slot.last_used <= self._ping_after:
+                slot.uses += 1
+                slot.checked_out_at = now
+                if self._leak_timeout:
+                    self._note_checkout(slot)
+                return slot
+            return self._validate(slot, opener, now)
         if waiter is None:
             return self._connect(opener)
         return self._wait(waiter, opener, self.config.timeout if timeout is None else timeout)
@@ -319,15 +332,13 @@ class Pool:
         # We were handed the capacity of a connection that was discarded.
         return self._connect(opener)
 
-    def _validate(self, slot: Slot, opener: Opener) -> Slot:
+    def _validate(self, slot: Slot, opener: Opener, now: float) -> Slot:
         """Check an idle connection before handing it out; replace it if stale."""
-        now = monotonic()
-        idle_for = now - slot.last_used
         # Idleness alone is no reason to replace a connection here: trimming takes
         # the coldest one on return (and never goes below min_size).
         if now >= slot.expires:
             reason: str | None = _expiry_reason(slot)
-        elif self._ping_always or (self._ping_after is not None and idle_for > self._ping_after):
+        elif now - slot.last_used > self._ping_after:
             reason = self._ping(slot)
         else:
             reason = None
@@ -737,7 +748,7 @@ class Pool:
             wait_ms = self._wait_ms.copy()
             hold_ms = self._hold_ms.copy()
             connect_ms = self._connect_ms.copy()
-            out = {
+            out: dict[str, Any] = {
                 "size": size,
                 "idle": idle,
                 "in_use": size - idle,
@@ -800,4 +811,3 @@ _HINT = (
 
 #: Expected retirements that are not worth a warning.
 _QUIET_REASONS = frozenset({"lifetime", "idle", "uses", "pool_closed", "drained"})
-
