@@ -14,9 +14,11 @@ Ids are stable and never reused:
 ``W005``  (database)     behind a connection proxy whose pool mode could not be read
 ``E005``  (debug toolbar) ``PoolPanel`` is used but ``django_poolbackend`` is not installed
 ``E006``  (database)     PgBouncer in transaction mode with ``OPTIONS["assume_role"]``
+``E007``                 a dotted path in ``reset`` or ``connect_params`` does not import
 ======================== ===================================================================
 
-The static checks only read settings. The database-tagged check (run by
+The static checks read settings (E007 also imports the dotted paths they name,
+as the pool would). The database-tagged check (run by
 ``manage.py check --database ALIAS`` and by ``migrate``) opens one short-lived
 connection per alias outside the pool, so it never leaves a connection checked out
 or a pool started in the checking process.
@@ -33,8 +35,7 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
 from . import conf
-
-POOLED_ENGINE_PREFIX = "django_poolbackend."
+from .aliases import is_pooled_engine
 
 #: Seconds the database check waits for a server that does not answer.
 CHECK_CONNECT_TIMEOUT = 5
@@ -44,19 +45,9 @@ _TRANSACTION_POOLING = ("transaction", "statement")
 
 
 def is_pooled(db: dict[str, Any]) -> bool:
-    """Whether a DATABASES entry uses django_poolbackend (directly or composed)."""
-    engine = str(db.get("ENGINE", ""))
-    if engine.startswith(POOLED_ENGINE_PREFIX):
-        return True
-    # A third-party backend composed with the mixin (see the README).
-    try:
-        from django.db.utils import load_backend
-
-        from .mixin import PooledDatabaseWrapperMixin
-
-        return issubclass(load_backend(engine).DatabaseWrapper, PooledDatabaseWrapperMixin)
-    except Exception:  # Django's own checks report an ENGINE that doesn't load.
-        return False
+    """Whether a DATABASES entry uses django_poolbackend (one of its engines, or a
+    backend composed with the mixin): by the wrapper's class, not the ENGINE name."""
+    return is_pooled_engine(db.get("ENGINE"))
 
 
 # -- static checks (no I/O) -------------------------------------------------------
@@ -86,7 +77,17 @@ def pool_settings_messages(databases: dict[str, dict[str, Any]]) -> list[checks.
             # Still report what is wrong inside POOL itself.
             db = {**db, "OPTIONS": {k: v for k, v in options.items() if k != "pool"}}
         _, config = conf.prepare(db, alias)
-        if isinstance(config, ImproperlyConfigured):
+        if isinstance(config, conf.UnimportablePath):
+            errors.append(
+                checks.Error(
+                    str(config),
+                    hint="Name a callable the project can import (the module's dotted "
+                    "path, then the callable's name), or put the callable itself in "
+                    "POOL. Until then the pool raises this at the first checkout.",
+                    id="django_poolbackend.E007",
+                )
+            )
+        elif isinstance(config, ImproperlyConfigured):
             errors.append(
                 checks.Error(
                     str(config),

@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
 
-from .core.config import ConfigError, PoolConfig
+from .core.config import RESET_POLICIES, ConfigError, PoolConfig
 
 #: psycopg_pool options (Django's built-in pool) that mean the same here.
 _SHARED_KEYS = ("min_size", "max_size", "timeout", "max_waiting", "max_lifetime", "max_idle")
@@ -37,7 +38,8 @@ def prepare(
     options = settings_dict.get("OPTIONS") or {}
     if "pool" not in options:
         where = f"DATABASES[{alias!r}]['POOL']"
-        return settings_dict, _parse(settings_dict.get("POOL"), where)
+        config = _parse(settings_dict.get("POOL"), where)
+        return settings_dict, _checked(config, settings_dict, where)
     raw_pool = options["pool"]
     stripped = {
         **settings_dict,
@@ -53,7 +55,87 @@ def prepare(
         stripped["POOL"] = _from_options_pool(alias, raw_pool)
     except ImproperlyConfigured as exc:
         return stripped, exc
-    return stripped, _parse(stripped["POOL"], f"DATABASES[{alias!r}]['OPTIONS']['pool']")
+    where = f"DATABASES[{alias!r}]['OPTIONS']['pool']"
+    return stripped, _checked(_parse(stripped["POOL"], where), stripped, where)
+
+
+class UnimportablePath(ImproperlyConfigured):
+    """A dotted path in ``reset`` or ``connect_params`` that does not import or
+    names something that can't be called (system check ``E007``)."""
+
+
+#: The backends (by their stock wrapper's ``vendor``) that can't do reset="full",
+#: and why.
+_NO_FULL_RESET = {"sqlite": "a SQLite connection has no server session to reset"}
+
+#: The keys that may hold a dotted path, and what each must name.
+_DOTTED_KEYS = {
+    "reset": '"rollback", "full", or the dotted path of an importable callable '
+    "(connection) -> None",
+    "connect_params": "None, or the dotted path of an importable callable "
+    "(alias, params) -> params",
+}
+
+
+def _checked(
+    config: PoolConfig | ImproperlyConfigured, settings_dict: dict[str, Any], where: str
+) -> PoolConfig | ImproperlyConfigured:
+    """The rules that need more than the POOL dict: the engine's, and the
+    importability of dotted paths.
+
+    Dotted paths are imported only once Django's app registry is ready: a wrapper
+    built while the apps load (a model module that touches ``connection``) must
+    not import user code that may import models in turn. Such a wrapper finds a
+    bad path when it is used, as before; ``manage.py check`` always reports it.
+    """
+    if isinstance(config, ImproperlyConfigured):
+        return config
+    if config.reset == "full":
+        engine = settings_dict.get("ENGINE")
+        why = _NO_FULL_RESET.get(_vendor(engine) or "")
+        if why is not None:
+            return ImproperlyConfigured(
+                f"{where}['reset'] = 'full' is not supported by {engine}: {why}. "
+                "Use 'rollback' (the default) or a dotted path to a callable."
+            )
+    from django.apps import apps
+
+    if apps.ready:
+        problems = import_problems(config, where)
+        if problems:
+            return UnimportablePath(problems[0])
+    return config
+
+
+def _vendor(engine: Any) -> str | None:
+    """The vendor of the wrapper an ENGINE names (no I/O); None if it doesn't load."""
+    from django.db.utils import load_backend
+
+    try:
+        return str(load_backend(str(engine or "")).DatabaseWrapper.vendor)
+    except Exception:  # Django reports an ENGINE that doesn't load.
+        return None
+
+
+def import_problems(config: PoolConfig, where: str) -> list[str]:
+    """What is wrong with each dotted path of *config*: it does not import, or it
+    names something that is not callable. Imports user code."""
+    out = []
+    for key, allowed in _DOTTED_KEYS.items():
+        path = getattr(config, key)
+        if not isinstance(path, str) or (key == "reset" and path in RESET_POLICIES):
+            continue
+        try:
+            target = import_string(path)
+        except Exception as exc:  # ImportError, or whatever the module raised
+            detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            problem = f"can't be imported: {type(exc).__name__}: {detail}"
+        else:
+            if callable(target):
+                continue
+            problem = f"names a {type(target).__name__}, which can't be called"
+        out.append(f"{where}[{key!r}] = {path!r} {problem}. Allowed: {allowed}.")
+    return out
 
 
 def _parse(raw: Any, where: str) -> PoolConfig | ImproperlyConfigured:

@@ -347,10 +347,14 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
                     policy = import_string(policy)
                 policy(conn)
         except Exception as exc:
+            # Only the exception's type: a driver's message can quote the session
+            # (and so a secret); an import error's names the module to fix.
             logger.warning(
                 "Pool %r: discarding a connection whose reset failed: %s",
                 self.alias,
-                type(exc).__name__,
+                f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, ImportError)
+                else type(exc).__name__,
             )
             return "reset_failed", reset
         if self.errors_occurred and not self.is_usable():

@@ -19,7 +19,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from . import conf, recorder, registry
-from .checks import is_pooled
+from .aliases import pooled_aliases
 from .core.config import PoolConfig
 
 _IDENTITY = ("alias", "pid", "vendor", "host", "port", "database", "user")
@@ -121,7 +121,7 @@ class PoolPanel(Panel):
         request_rows = [{"alias": alias, **entry} for alias, entry in per_request.items()]
         pools = []
         pid = None
-        aliases = [a for a in connections.settings if is_pooled(connections.settings[a])]
+        aliases = pooled_aliases()
         # Pools made outside the settings (wrappers built by hand) are this
         # process's pools too.
         aliases += [a for a in list(registry.pools) if a not in aliases]

@@ -91,13 +91,30 @@ def project_key() -> str:
     parts: list[Any] = [getattr(settings, "SETTINGS_MODULE", None) or ""]
     for alias in sorted(settings.DATABASES):
         db = settings.DATABASES[alias]
-        if str(db.get("ENGINE", "")).startswith("django_poolbackend."):
+        if _pooled_engine(db.get("ENGINE")):
             parts.append(
                 [alias, db.get("ENGINE"), db.get("NAME"), db.get("HOST"), str(db.get("PORT"))]
                 + [db.get("USER")]
             )
     digest = hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
     return digest[:16]
+
+
+#: ENGINE -> pooled or not, for project_key(): it runs at every publishing tick,
+#: and an ENGINE that does not import would otherwise be tried again each time.
+_engines_seen: dict[str, bool] = {}
+
+
+def _pooled_engine(engine: Any) -> bool:
+    """By the wrapper's class, like every other place that decides (a backend
+    composed with the mixin counts), so poolstats and the workers agree."""
+    key = str(engine or "")
+    pooled = _engines_seen.get(key)
+    if pooled is None:
+        from .aliases import is_pooled_engine
+
+        pooled = _engines_seen[key] = is_pooled_engine(key)
+    return pooled
 
 
 def _private_dir(path: Path) -> bool:

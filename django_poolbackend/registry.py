@@ -242,21 +242,17 @@ def _unused_figures(alias: str) -> dict[str, Any]:
     from django.core.exceptions import ImproperlyConfigured
     from django.db import connections
 
+    from .aliases import is_pooled_alias, pooled_aliases
     from .conf import prepare
 
     connections[alias]  # ConnectionDoesNotExist for an alias not in DATABASES
     settings_dict = connections.settings[alias]
-    if not str(settings_dict.get("ENGINE", "")).startswith("django_poolbackend."):
-        pooled = [
-            name
-            for name in connections.settings
-            if str(connections.settings[name].get("ENGINE", "")).startswith(
-                "django_poolbackend."
-            )
-        ]
+    if not is_pooled_alias(alias):
+        # By the wrapper's class: a backend composed with the mixin is pooled too.
         raise ValueError(
-            f"DATABASES[{alias!r}] does not use a django_poolbackend ENGINE, so it has "
-            f"no pool; pooled aliases: {', '.join(pooled) or 'none'}."
+            f"DATABASES[{alias!r}] does not use a pooled ENGINE (its DatabaseWrapper "
+            "is not a PooledDatabaseWrapperMixin), so it has no pool; pooled aliases: "
+            f"{', '.join(pooled_aliases()) or 'none'}."
         )
     _, config = prepare(settings_dict, alias)
     if isinstance(config, ImproperlyConfigured):

@@ -6,9 +6,12 @@ from django.db import connections, transaction
 from django.http import JsonResponse
 
 import django_poolbackend
+from django_poolbackend.aliases import pooled_aliases
 from testproject.shop.models import Item
 
 BACKEND_ID_SQL = {"postgresql": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
+#: SQLite has no server session to ask about: /one/ runs this instead.
+SQLITE_ONE_QUERY = "SELECT 1"
 SLEEP_SQL = {"postgresql": "SELECT pg_sleep(%s)", "mysql": "SELECT SLEEP(%s)"}
 
 
@@ -20,11 +23,21 @@ def _alias(request):
 
 
 def one(request):
-    """One query: which server session answered, from which process."""
+    """One query: which server session answered, from which process.
+
+    SQLite has no server session: there ``backend`` is the ``id()`` of the driver
+    connection that ran the query, the same from one request to the next while a
+    pooled connection serves them.
+    """
     connection = connections[_alias(request)]
     with connection.cursor() as cursor:
-        cursor.execute(BACKEND_ID_SQL[connection.vendor])
-        (backend,) = cursor.fetchone()
+        if connection.vendor == "sqlite":
+            cursor.execute(SQLITE_ONE_QUERY)
+            cursor.fetchone()
+            backend = id(connection.connection)
+        else:
+            cursor.execute(BACKEND_ID_SQL[connection.vendor])
+            (backend,) = cursor.fetchone()
     return JsonResponse({"pid": os.getpid(), "backend": backend})
 
 
@@ -76,11 +89,7 @@ def leave_open(request, fail=False):
 def pool(request):
     """This worker's pool figures, for every pooled alias."""
     return JsonResponse(
-        {
-            alias: django_poolbackend.pool_stats(alias)
-            for alias in connections
-            if connections.settings[alias]["ENGINE"].startswith("django_poolbackend")
-        }
+        {alias: django_poolbackend.pool_stats(alias) for alias in pooled_aliases()}
     )
 
 

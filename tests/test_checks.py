@@ -117,6 +117,63 @@ def test_w001_conn_max_age():
     assert checks.pool_settings_messages({"default": pooled(CONN_MAX_AGE=0)}) == []
 
 
+def importable_reset(conn: Any) -> None:
+    pass
+
+
+def importable_params(alias: str, params: dict) -> dict:
+    return params
+
+
+NOT_CALLABLE = "a module-level string"
+
+
+@pytest.mark.parametrize(
+    ("key", "path", "problem"),
+    [
+        (
+            "reset",
+            "dpb_no_such_module.reset",
+            "can't be imported: ModuleNotFoundError: No module named 'dpb_no_such_module'",
+        ),
+        (
+            "connect_params",
+            f"{__name__}.no_such_hook",
+            f'can\'t be imported: ImportError: Module "{__name__}" does not define a '
+            '"no_such_hook" attribute/class',
+        ),
+        ("reset", f"{__name__}.NOT_CALLABLE", "names a str, which can't be called"),
+    ],
+)
+def test_e007_dotted_path_that_does_not_import(key, path, problem):
+    allowed = {
+        "reset": '"rollback", "full", or the dotted path of an importable callable '
+        "(connection) -> None",
+        "connect_params": "None, or the dotted path of an importable callable "
+        "(alias, params) -> params",
+    }[key]
+    (message,) = checks.pool_settings_messages({"default": pooled(POOL={key: path})})
+    assert message.id == "django_poolbackend.E007"
+    assert message.msg == (
+        f"DATABASES['default']['POOL'][{key!r}] = {path!r} {problem}. Allowed: {allowed}."
+    )
+    assert message.hint
+    # Django's spelling of the pool settings is checked the same way.
+    db = pooled(POOL=None, OPTIONS={"pool": {"reset": "dpb_no_such_module.reset"}})
+    (message,) = checks.pool_settings_messages({"default": db})
+    assert message.id == "django_poolbackend.E007"
+    assert message.msg.startswith("DATABASES['default']['OPTIONS']['pool']['reset'] = ")
+
+
+def test_e007_silent_for_importable_paths_and_callables():
+    for pool in (
+        {"reset": f"{__name__}.importable_reset", "connect_params": f"{__name__}.importable_params"},
+        {"reset": importable_reset, "connect_params": importable_params},
+        {"reset": "full", "connect_params": None},
+    ):
+        assert checks.pool_settings_messages({"default": pooled(POOL=pool)}) == []
+
+
 def test_stock_engine_is_not_ours():
     db = pooled(ENGINE="django.db.backends.postgresql", CONN_MAX_AGE=60, POOL={"max_size": 0})
     assert checks.pool_settings_messages({"x": db}) == []

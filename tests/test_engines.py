@@ -20,7 +20,7 @@ from django.db import connections
 from django.db.backends.signals import connection_created
 from django.db.utils import load_backend
 
-from django_poolbackend import PoolTimeout, registry
+from django_poolbackend import PoolTimeout, checks, registry
 
 ROOT = Path(__file__).resolve().parent.parent
 SUFFIX = os.environ.get("DPB_TEST_DB_SUFFIX", "")
@@ -99,7 +99,8 @@ def run_python(code: str, env: dict | None = None, timeout: float = 300) -> str:
 def sqlite(engines: Any, tmp_path: Path) -> Any:
     def make(**pool: Any) -> Engine:
         name = str(tmp_path / f"db{next(_numbers)}.sqlite3")
-        return engines("django_poolbackend.sqlite3", _settings("x", NAME=name, POOL=pool))
+        settings_dict = _settings("django_poolbackend.sqlite3", NAME=name, POOL=pool)
+        return engines("django_poolbackend.sqlite3", settings_dict)
 
     return make
 
@@ -220,13 +221,38 @@ def test_sqlite_in_memory_databases_are_not_pooled(engines: Any) -> None:
         assert cursor.fetchone()[0] == 42
 
 
-def test_sqlite_reset_full_is_refused_clearly(sqlite: Any) -> None:
+def test_sqlite_reset_full_is_refused_clearly(sqlite: Any, tmp_path: Path) -> None:
     engine = sqlite(reset="full")
     with pytest.raises(ImproperlyConfigured) as info:
         engine.wrapper().ensure_connection()
     message = str(info.value)
-    assert f"DATABASES['{engine.alias}']['POOL']['reset'] = 'full'" in message
-    assert "'rollback'" in message
+    assert message == (
+        f"DATABASES['{engine.alias}']['POOL']['reset'] = 'full' is not supported by "
+        "django_poolbackend.sqlite3: a SQLite connection has no server session to reset. "
+        "Use 'rollback' (the default) or a dotted path to a callable."
+    )
+    assert engine.alias not in registry.pools
+    # The system check reads the same rule: the same message, before any request.
+    (error,) = checks.pool_settings_messages({engine.alias: engine.settings_dict})
+    assert (error.id, error.msg) == ("django_poolbackend.E001", message)
+    # And so does `manage.py check` of a project on that engine.
+    database = tmp_path / "project.sqlite3"
+    result = subprocess.run(
+        [sys.executable, "testproject/manage.py", "check"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "testproject.settings",
+            "DATABASE_URL": f"sqlite:///{database}?reset=full",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "(django_poolbackend.E001) DATABASES['default']['POOL']['reset'] = 'full' is " in (
+        result.stderr
+    )
 
 
 def test_sqlite_fork_child_never_uses_or_closes_inherited_connections(tmp_path: Path) -> None:
@@ -323,13 +349,22 @@ def test_sqlite_migrate_and_requests_through_django(tmp_path: Path) -> None:
             setup_testing_defaults(environ)
             environ["PATH_INFO"] = path
             body = app(environ, lambda status, headers: codes.append(status))
+            content = b"".join(body)
             body.close()  # request_finished: the connection goes back
+            return json.loads(content)
 
+        # The demo's pages (testproject/demo.py), /one/ included on SQLite.
+        from testproject.demo import paths_for
+        paths = paths_for("sqlite")
+        answered = []
         for _ in range(10):
-            get("/items/")
-            get("/transfer/")
+            for path in paths:
+                answer = get(path)
+                if path == "/one/":
+                    answered.append(answer["backend"])
         stock = list(Item.objects.order_by("id").values_list("stock", flat=True))
-        print(json.dumps({"codes": sorted(set(codes)), "stock": stock,
+        print(json.dumps({"codes": sorted(set(codes)), "stock": stock, "paths": paths,
+                          "answered": answered,
                           "stats": django_poolbackend.pool_stats("default")}))
         """,
         env={
@@ -339,11 +374,14 @@ def test_sqlite_migrate_and_requests_through_django(tmp_path: Path) -> None:
     )
     result = json.loads(out.strip().splitlines()[-1])
     assert result["codes"] == ["200 OK"]
+    assert result["paths"] == ["/one/", "/items/", "/transfer/"]
     assert result["stock"] == [0, 20, 10, 10, 10]
+    # /one/ ran its query on the same pooled connection each time.
+    assert len(result["answered"]) == 10 and len(set(result["answered"])) == 1
     stats = result["stats"]
     assert stats["vendor"] == "sqlite"
-    assert stats["connects"] == 1  # migrate, the seed and 20 requests: one connection
-    assert stats["checkouts"] >= 22
+    assert stats["connects"] == 1  # migrate, the seed and 30 requests: one connection
+    assert stats["checkouts"] >= 32
 
 
 @pytest.mark.parametrize(

@@ -301,6 +301,92 @@ def test_server_view_lists_a_session_idle_in_transaction(vendor: str, tmp_path: 
         conn.close()
 
 
+def test_server_view_connects_through_the_connect_params_hook(
+    mysql_pool_user: None, tmp_path: Path
+) -> None:
+    """Credentials that only the hook supplies (settings without the password, as
+    with short-lived tokens) are good enough for --server too."""
+    user, password = MYSQL_POOL_USER
+    url = f"mysql://{user}@127.0.0.1:3306/dpb_suite"
+    hook = "connect_params=tests.connect_hooks.pool_user_password"
+    env = {"DJANGO_POOLBACKEND_STATS_DIR": str(tmp_path)}
+    sd = connections["mysql"].settings_dict
+    # A session of that account, which the server view must count as its own.
+    other = MySQLdb.connect(
+        host=sd["HOST"], port=int(sd["PORT"]), user=user, password=password, database=sd["NAME"]
+    )
+    try:
+        without = poolstats_json({**env, "DPB_TEST_MYSQL_URL": url}, "--server")
+        assert "Access denied" in without["server"]["mysql"]["error"]
+        view = poolstats_json({**env, "DPB_TEST_MYSQL_URL": f"{url}?{hook}"}, "--server")
+        mine = view["server"]["mysql"]
+        assert "error" not in mine, mine
+        # The view counts the sessions of the account it logged in as: the hook's.
+        assert [g["name"] for g in mine["sessions"]] == [f"{user}@{sd['NAME']}"]
+        assert mine["totals"]["idle"] >= 1 and mine["max_connections"] > 0
+        assert password not in json.dumps(view)
+    finally:
+        other.close()
+
+
+def test_a_composed_engine_is_listed_drained_and_counted(tmp_path: Path) -> None:
+    """A backend composed with the mixin in a module of its own (ENGINE
+    'tests.composed_prometheus') is a pooled alias for poolstats and pooldrain."""
+    pytest.importorskip("django_prometheus", reason="pip install django-prometheus")
+    code = """
+import io, json
+import django
+django.setup()
+from django.core.management import call_command
+from django.db import connections
+from django_poolbackend import publish
+
+def command(*args):
+    out = io.StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+with connections["composed"].cursor() as cursor:
+    cursor.execute("SELECT pg_backend_pid()")
+    backend = cursor.fetchone()[0]
+connections["composed"].close()
+publish.publish(force=True)
+listed = json.loads(command("poolstats", "--json"))
+drained = command("pooldrain", "--database", "composed", "--wait", "30")
+after = json.loads(command("poolstats", "--json", "--database", "composed"))
+print(json.dumps({"listed": listed, "drained": drained, "after": after}))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=server_env(
+            DJANGO_SETTINGS_MODULE="tests.composed_settings",
+            DJANGO_POOLBACKEND_STATS_DIR=str(tmp_path),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    (row,) = [r for r in out["listed"]["pools"] if r["alias"] == "composed"]
+    assert (row["vendor"], row["checkouts"], row["connects"]) == ("postgresql", 1, 1)
+    assert "composed" in out["listed"]["drains"]
+    assert "Drain 1 of 'composed' requested" in out["drained"]
+    assert "Every process has retired its older connections." in out["drained"]
+    (row,) = out["after"]["pools"]
+    assert row["closed_by_reason"]["drained"] == 1 and row["size"] == 0
+    assert out["after"]["drains"]["composed"]["generation"] == 1
+    # The stock alias beside it is still not a pool.
+    env = {
+        "DJANGO_SETTINGS_MODULE": "tests.composed_settings",
+        "DJANGO_POOLBACKEND_STATS_DIR": str(tmp_path),
+    }
+    stock = manage(env, "poolstats", "--database", "stock_pg")
+    assert stock.returncode != 0
+    assert "pooled aliases: default, mysql, composed" in stock.stderr
+
+
 # -- pooldrain -----------------------------------------------------------------------
 
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from django_poolbackend import registry
+
+from .conftest import ROOT, server_env
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
 
@@ -80,3 +89,49 @@ def test_callable_reset_and_connect_params_hook(make_pooled, vendor):
     assert CALLS[0][0] == pooled.alias
     assert "password" not in CALLS[0][1] or pooled.vendor == "mysql"
     assert CALLS[1] is raw
+
+
+@pytest.mark.parametrize("key", ["reset", "connect_params"])
+def test_a_dotted_path_that_does_not_import_fails_the_first_checkout(make_pooled, vendor, key):
+    pooled = make_pooled(vendor, **{key: "dpb_no_such_module.hook"})
+    with pytest.raises(ImproperlyConfigured) as info:
+        pooled.wrapper().ensure_connection()
+    message = str(info.value)
+    assert message.startswith(
+        f"DATABASES[{pooled.alias!r}]['POOL'][{key!r}] = 'dpb_no_such_module.hook' can't be "
+        "imported: ModuleNotFoundError: No module named 'dpb_no_such_module'. Allowed: "
+    )
+    assert "the dotted path of an importable callable" in message
+    # Refused before anything was opened: no pool, no session on the server.
+    assert pooled.alias not in registry.pools
+    assert pooled.server_sessions() == set()
+
+
+def test_dotted_paths_are_not_imported_while_django_loads_the_apps():
+    """A wrapper built before the app registry is ready (a model module touching
+    ``connection``) leaves the user's module alone; one built afterwards imports it."""
+    code = (
+        "import json, sys\n"
+        "from django.db import connections\n"
+        "connections['default']\n"
+        "before = 'tests.connect_hooks' in sys.modules\n"
+        "import django\n"
+        "django.setup()\n"
+        "wrapper = type(connections['default'])(dict(connections.settings['default']), 'x')\n"
+        "print(json.dumps([before, 'tests.connect_hooks' in sys.modules,\n"
+        "                  type(wrapper._dpb_config).__name__]))\n"
+    )
+    url = (
+        "postgres://postgres@127.0.0.1:5432/dpb_suite"
+        "?connect_params=tests.connect_hooks.pool_user_password"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=server_env(DPB_TEST_PG_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [False, True, "PoolConfig"]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.test import override_settings
@@ -17,7 +19,7 @@ from django_poolbackend import publish, registry
 from django_poolbackend.core.pool import CLOSE_REASONS
 from django_poolbackend.core.stats import BOUNDS_MS, Histogram
 
-from .conftest import MYSQL_POOL_USER, wait_for
+from .conftest import MYSQL_POOL_USER, ROOT, server_env, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
 
@@ -122,6 +124,59 @@ def test_pool_stats_unknown_or_unpooled_alias() -> None:
         django_poolbackend.pool_stats("nope")
     with pytest.raises(ValueError, match="pooled aliases: default, mysql"):
         django_poolbackend.pool_stats("stock_pg")
+
+
+def test_pool_stats_before_first_use_of_a_composed_engine(tmp_path: Path) -> None:
+    """An alias whose ENGINE is a backend composed with the mixin in a module of
+    its own (tests/composed_prometheus) is pooled from the start."""
+    pytest.importorskip("django_prometheus", reason="pip install django-prometheus")
+    code = (
+        "import json, django\n"
+        "django.setup()\n"
+        "import django_poolbackend\n"
+        "print(json.dumps(django_poolbackend.pool_stats('composed')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=server_env(
+            DJANGO_SETTINGS_MODULE="tests.composed_settings",
+            DJANGO_POOLBACKEND_STATS_DIR=str(tmp_path),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert_complete(figures)
+    assert (figures["alias"], figures["vendor"], figures["max_size"]) == (
+        "composed",
+        "postgresql",
+        4,
+    )
+    assert all(figures[key] == 0 for key in (*GAUGES, *COUNTERS))
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES:UserWarning")
+def test_project_key_counts_a_composed_engine(settings: Any) -> None:
+    """The snapshot directory of a project is keyed by its pooled databases: a
+    composed engine is one of them, a stock one is not."""
+    pytest.importorskip("django_prometheus", reason="pip install django-prometheus")
+    suite = dict(settings.DATABASES)
+    composed = {**suite["default"], "ENGINE": "tests.composed_prometheus"}
+    stock = {**suite["default"], "ENGINE": "django.db.backends.postgresql"}
+    keys = {}
+    for name, extra in {
+        "none": {},
+        "composed a": {"extra": {**composed, "NAME": "dpb_a"}},
+        "composed b": {"extra": {**composed, "NAME": "dpb_b"}},
+        "stock": {"extra": {**stock, "NAME": "dpb_a"}},
+    }.items():
+        with override_settings(DATABASES={**suite, **extra}):
+            keys[name] = publish.project_key()
+    assert len({keys["none"], keys["composed a"], keys["composed b"]}) == 3
+    assert keys["stock"] == keys["none"]
 
 
 def test_pool_stats_figures_after_traffic(make_pooled, vendor: str) -> None:

@@ -15,28 +15,15 @@ they get exactly that.
 
 from __future__ import annotations
 
-from typing import Any
-
-from django.core.exceptions import ImproperlyConfigured
-from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.sqlite3 import base
 from django.utils.asyncio import async_unsafe
 
-from ..core.config import PoolConfig
 from ..mixin import PooledDatabaseWrapperMixin
 
 
 class DatabaseWrapper(PooledDatabaseWrapperMixin, base.DatabaseWrapper):
-    def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
-        super().__init__(settings_dict, alias)
-        config: Any = self._dpb_config
-        if isinstance(config, PoolConfig) and config.reset == "full":
-            # Raised at first use, like every other POOL error.
-            self._dpb_config = ImproperlyConfigured(
-                f"DATABASES[{alias!r}]['POOL']['reset'] = 'full' is not supported by "
-                "django_poolbackend.sqlite3: a SQLite connection has no server session "
-                "to reset. Use 'rollback' (the default) or a dotted path to a callable."
-            )
+    # reset="full" is refused where every POOL setting is read
+    # (django_poolbackend.conf), so manage.py check reports it too.
 
     @async_unsafe
     def connect(self) -> None:

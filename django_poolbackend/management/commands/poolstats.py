@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
-from django.db.backends.base.base import NO_DB_ALIAS
 
 from ... import publish
+from ...aliases import pooled_aliases
 from ...core.stats import Histogram, merged
+from ...mixin import application_name
 
 #: (header, width, row key) of the table; 79 columns with the separators.
 COLUMNS = (
@@ -55,14 +57,6 @@ _SUMMED = (
 )
 
 
-def pooled_aliases() -> list[str]:
-    return [
-        alias
-        for alias in connections.settings
-        if str(connections.settings[alias].get("ENGINE", "")).startswith("django_poolbackend.")
-    ]
-
-
 def check_alias(alias: str | None) -> list[str]:
     """The aliases to show: *alias*, or every pooled one."""
     pooled = pooled_aliases()
@@ -72,8 +66,10 @@ def check_alias(alias: str | None) -> list[str]:
         known = alias in connections.settings
         raise CommandError(
             f"{alias!r} is not "
-            + ("a pooled database (its ENGINE is not django_poolbackend's)" if known else
-               "a database alias")
+            + (
+                "a pooled database (its DatabaseWrapper is not a "
+                "PooledDatabaseWrapperMixin)" if known else "a database alias"
+            )
             + f"; pooled aliases: {', '.join(pooled) or 'none'}."
         )
     return [alias]
@@ -203,18 +199,33 @@ def render_table(document: dict[str, Any]) -> str:
 
 def server_view(alias: str) -> dict[str, Any]:
     """This application's sessions by state, and the server's limits, asked over a
-    connection of its own (outside any pool, so this command publishes nothing)."""
+    connection of its own (outside any pool, so this command publishes nothing).
+
+    It is opened with the parameters a pooled connection of *alias* gets, the
+    ``connect_params`` hook included: where the credentials come only from the
+    hook (a short-lived token), Django's parameters alone would be refused.
+    """
     base = connections[alias]
-    wrapper = type(base)(copy.deepcopy(base.settings_dict), alias=NO_DB_ALIAS)
+    if base.vendor not in ("postgresql", "mysql"):
+        raise CommandError(f"--server does not know {base.vendor!r} servers.")
+    # Built for the alias (the hook is called with it); building does no I/O, and
+    # this wrapper never checks a connection out: it only dials one, directly.
+    probe: Any = type(base)(copy.deepcopy(base.settings_dict), alias)
+    params = probe._dpb_params()
+    if params.get("application_name") == application_name(alias, os.getpid()):
+        # Not one of the pool's sessions: don't name it like one.
+        params["application_name"] = "dpb:poolstats"
+    conn = probe.get_new_connection(params)
     try:
-        with wrapper.cursor() as cursor:
+        cursor = conn.cursor()
+        try:
             if base.vendor == "postgresql":
                 return _pg_view(cursor)
-            if base.vendor == "mysql":
-                return _mysql_view(cursor)
-            raise CommandError(f"--server does not know {base.vendor!r} servers.")
+            return _mysql_view(cursor)
+        finally:
+            cursor.close()
     finally:
-        wrapper.close()
+        conn.close()
 
 
 def _pg_view(cursor: Any) -> dict[str, Any]:
