@@ -4,6 +4,12 @@
     .venv/bin/python compat/run_django_tests.py                  # both vendors, all modules
     .venv/bin/python compat/run_django_tests.py --vendor postgresql --modules basic backends
     .venv/bin/python compat/run_django_tests.py --report-only   # RESULTS.md from cached runs
+    ./dev compat                                                # both Django lines, as CI
+
+The runs go to private PostgreSQL and MariaDB instances that the script starts on free
+ports and removes at the end (``private_servers.py``): Django's ``schema`` tests once
+crashed the machine's shared MariaDB. ``--no-private-servers`` uses the servers on
+127.0.0.1 instead (``DPB_COMPAT_PG_PORT`` / ``DPB_COMPAT_MYSQL_PORT`` move them).
 
 The Django under test is the one installed in the running interpreter; its sdist (which
 carries ``tests/``) is fetched once into ``compat/.cache``. Each configuration (see
@@ -11,22 +17,28 @@ carries ``tests/``) is fetched once into ``compat/.cache``. Each configuration (
 once; every test's outcome is recorded (``compat_runner.py``). A pooled run fails the
 comparison when a test fails or errors there but not on the stock engine of the same
 vendor, unless ``expected_differences.txt`` lists it with a reason. Exit status 1 then.
+The interpreter needs tblib (Django's parallel runner sends tracebacks with it);
+``./dev compat`` installs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import fnmatch
 import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
+
+import private_servers
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -69,6 +81,19 @@ def django_version() -> str:
     return django.__version__
 
 
+def require_tblib() -> None:
+    """With --parallel, a worker sends each failure's traceback to the parent by pickle;
+    without tblib the first failing test aborts the whole run (Django's tests/requirements
+    list it, our dev extra doesn't)."""
+    try:
+        import tblib  # noqa: F401
+    except ImportError:
+        sys.exit(
+            f"tblib is not installed in {sys.prefix}: Django's parallel test runner needs it "
+            f"to report failures. Install it with: {sys.executable} -m pip install tblib"
+        )
+
+
 def fetch_sdist(version: str) -> Path:
     """The unpacked sdist of exactly the installed Django (its tests match its code)."""
     root = CACHE / f"django-{version}"
@@ -109,7 +134,11 @@ def results_dir(version: str) -> Path:
     return path
 
 
-def run_config(config: str, modules: list[str], version: str, sdist: Path, parallel: int) -> dict:
+def run_config(
+    config: str, modules: list[str], version: str, sdist: Path, parallel: int, server: dict
+) -> dict:
+    """One configuration; *server* is the vendor's server (its ``port``, ``private``, and
+    for a private one what ``private_servers.describe`` says)."""
     out = results_dir(version)
     result_file = out / f"{config}.json"
     log_file = out / f"{config}.log"
@@ -132,7 +161,13 @@ def run_config(config: str, modules: list[str], version: str, sdist: Path, paral
     ]
     print(f"== {config}: {' '.join(cmd)}  (log: {log_file.relative_to(REPO)})", flush=True)
     started = time.monotonic()
-    with open(log_file, "w") as log:
+    vendor = config.split("-")[0]
+    peak = (
+        private_servers.SessionPeak(vendor, server["port"])
+        if server["private"]
+        else contextlib.nullcontext()
+    )
+    with open(log_file, "w") as log, peak:
         proc = subprocess.run(
             cmd, cwd=sdist / "tests", env=env, stdout=log, stderr=subprocess.STDOUT
         )
@@ -152,10 +187,15 @@ def run_config(config: str, modules: list[str], version: str, sdist: Path, paral
         django=version,
         python=platform.python_version(),
         date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        server=server.get("server", f"shared, port {server['port']}"),
+        max_connections=server.get("max_connections"),
+        peak_sessions=getattr(peak, "peak", None),
     )
     result_file.write_text(json.dumps(data, indent=0, sort_keys=True))
+    sessions = f", peak {peak.peak} sessions" if server["private"] else ""
     print(
-        f"   {config}: {len(data['outcomes'])} tests, exit {proc.returncode}, {wall:.0f} s",
+        f"   {config}: {len(data['outcomes'])} tests, exit {proc.returncode}, {wall:.0f} s"
+        f"{sessions}",
         flush=True,
     )
     return data
@@ -181,8 +221,9 @@ def load_expected(path: Path) -> list[tuple[str, str, str]]:
     return entries
 
 
-def compare(stock: dict, ours: dict, expected: list) -> tuple[list, list]:
-    """(unexplained, explained) differences: bad on ours, not bad on stock."""
+def compare(stock: dict, ours: dict, expected: list, used: set) -> tuple[list, list]:
+    """(unexplained, explained) differences: bad on ours, not bad on stock. The
+    entries of *expected* that explain one are added to *used*."""
     unexplained, explained = [], []
     for test_id, (outcome, detail) in sorted(ours["outcomes"].items()):
         if outcome not in BAD:
@@ -190,14 +231,17 @@ def compare(stock: dict, ours: dict, expected: list) -> tuple[list, list]:
         base = stock["outcomes"].get(test_id, ("absent", ""))[0]
         if base in BAD:
             continue
-        reason = next(
+        entry = next(
             (
-                r
-                for c, t, r in expected
-                if fnmatch.fnmatchcase(ours["config"], c) and fnmatch.fnmatchcase(test_id, t)
+                e
+                for e in expected
+                if fnmatch.fnmatchcase(ours["config"], e[0]) and fnmatch.fnmatchcase(test_id, e[1])
             ),
             None,
         )
+        reason = entry[2] if entry else None
+        if entry:
+            used.add(entry)
         row = (test_id, base, outcome, reason or detail.strip().splitlines()[-1:] or [""])
         (explained if reason else unexplained).append(row)
     return unexplained, explained
@@ -227,25 +271,42 @@ def report(current: str, expected: list) -> tuple[str, int]:
         "explained in `compat/expected_differences.txt`.",
         "",
         "Reproduce: `<venv>/bin/python compat/run_django_tests.py [--vendor postgresql|mysql]",
-        "[--variants stock pooled pooled-max1] [--modules ...]` (servers on 127.0.0.1: PostgreSQL",
-        "user postgres, MariaDB root; `DPB_COMPAT_PG_PORT` / `DPB_COMPAT_MYSQL_PORT` move them).",
+        "[--variants stock pooled pooled-max1] [--modules ...]`, or `./dev compat` for both",
+        "Django lines as CI runs them (`.ci/run`: every variant, both vendors, both lines;",
+        "the job fails on any unexplained difference). The runs use private PostgreSQL and",
+        "MariaDB instances that the script starts, with max_connections="
+        f"{private_servers.MAX_CONNECTIONS};",
+        "the `sessions` column is the most client sessions the server had at once during the",
+        "run (sampled every 0.1 s on PostgreSQL).",
         "`pooled` sets no `POOL` key at all (only ENGINE changes); `pooled-max1` sets",
         '`POOL = {"max_size": 1}`. Wall times depend on the machine\'s load.',
         "",
     ]
     found = {p.name for p in (CACHE / "results").iterdir() if any(p.glob("*.json"))}
     unexplained_current = 0
+    used: set = set()
     for version in sorted(
         found | {current}, key=lambda v: [int(x) if x.isdigit() else x for x in v.split(".")]
     ):
-        section, unexplained = _report_version(version, expected)
+        section, unexplained = _report_version(version, expected, used)
         lines += section
         if version == current:
             unexplained_current = unexplained
+    unused = [e for e in expected if e not in used]
+    if unused:
+        lines += [
+            "# Entries of expected_differences.txt that explain nothing above",
+            "",
+            "Candidates for removal, unless they cover a test that fails only sometimes (a",
+            "timing assertion) or a variant or Django line not run here:",
+            "",
+            *(f"- `{config} {test}`" for config, test, _ in unused),
+            "",
+        ]
     return "\n".join(lines) + "\n", unexplained_current
 
 
-def _report_version(version: str, expected: list) -> tuple[list, int]:
+def _report_version(version: str, expected: list, used: set) -> tuple[list, int]:
     out = results_dir(version)
     runs = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
     # A run still in progress has written its outcomes but not yet its metadata.
@@ -259,15 +320,19 @@ def _report_version(version: str, expected: list) -> tuple[list, int]:
         title = "PostgreSQL" if vendor == "postgresql" else "MariaDB (mysqlclient)"
         lines += [f"## {title} (Django {version})", ""]
         lines += [
-            "| configuration | engine | date | Python | --parallel | wall time | tests | exit |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| configuration | engine | date | Python | server | sessions | --parallel "
+            "| wall time | tests | exit |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for c in configs:
             d = runs[c]
             engine = d.get("engines", {}).get("default", "?").rsplit(".", 1)[0]
+            peak = d.get("peak_sessions")
+            sessions = "–" if peak is None else f"{peak} of {d.get('max_connections')}"
             lines.append(
-                f"| {c} | `{engine}` | {d['date']} | {d['python']} | {d['parallel']} "
-                f"| {d['wall_s']:.0f} s | {len(d['outcomes'])} | {d['exit']} |"
+                f"| {c} | `{engine}` | {d['date']} | {d['python']} | {d.get('server', '?')} "
+                f"| {sessions} | {d['parallel']} | {d['wall_s']:.0f} s | {len(d['outcomes'])} "
+                f"| {d['exit']} |"
             )
         lines.append("")
         modules = sorted({m for c in configs for m in runs[c]["modules"]})
@@ -291,7 +356,7 @@ def _report_version(version: str, expected: list) -> tuple[list, int]:
                 lines += [f"**{c}**: ran other modules than {vendor}-stock; not compared.", ""]
                 unexplained_total += 1
                 continue
-            unexplained, explained = compare(stock, runs[c], expected)
+            unexplained, explained = compare(stock, runs[c], expected, used)
             unexplained_total += len(unexplained)
             lines.append(
                 f"**{c} vs {vendor}-stock**: {len(unexplained)} unexplained, "
@@ -315,6 +380,19 @@ def _report_version(version: str, expected: list) -> tuple[list, int]:
     return lines, unexplained_total
 
 
+def _server(vendor: str, private_ports: dict[str, int]) -> dict:
+    """Where *vendor*'s runs go; settings_compat reads the port from the environment."""
+    variable = {"postgresql": "DPB_COMPAT_PG_PORT", "mysql": "DPB_COMPAT_MYSQL_PORT"}[vendor]
+    if vendor not in private_ports:
+        default = {"postgresql": "5432", "mysql": "3306"}[vendor]
+        return {"port": int(os.environ.get(variable, default)), "private": False}
+    port = private_ports[vendor]
+    os.environ[variable] = str(port)
+    info = private_servers.describe(vendor, port)
+    info["server"] += " (private)"
+    return {"port": port, "private": True, **info}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vendor", choices=["postgresql", "mysql", "all"], default="all")
@@ -325,17 +403,36 @@ def main() -> int:
         "--report-only", action="store_true", help="only rebuild the report from cached runs"
     )
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument(
+        "--private-servers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start private PostgreSQL/MariaDB instances for the runs and remove them at the "
+        "end (default); --no-private-servers uses the servers on 127.0.0.1 "
+        "(DPB_COMPAT_PG_PORT / DPB_COMPAT_MYSQL_PORT)",
+    )
     args = parser.parse_args()
+    # A CI timeout or Ctrl-C: leave through the finally blocks that stop the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     version = django_version()
     expected = load_expected(HERE / "expected_differences.txt")
     if not args.report_only:
+        require_tblib()
         sdist = fetch_sdist(version)
         vendors = ["postgresql", "mysql"] if args.vendor == "all" else [args.vendor]
-        for vendor in vendors:
-            modules = args.modules or COMMON_MODULES + VENDOR_MODULES[vendor]
-            for variant in args.variants:
-                run_config(f"{vendor}-{variant}", modules, version, sdist, args.parallel)
+        with (
+            private_servers.private_servers(vendors, REPO)
+            if args.private_servers
+            else contextlib.nullcontext({})
+        ) as ports:
+            for vendor in vendors:
+                server = _server(vendor, ports)
+                modules = args.modules or COMMON_MODULES + VENDOR_MODULES[vendor]
+                for variant in args.variants:
+                    run_config(
+                        f"{vendor}-{variant}", modules, version, sdist, args.parallel, server
+                    )
     text, unexplained = report(version, expected)
     args.results.write_text(text)
     print(text)

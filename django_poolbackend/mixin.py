@@ -19,6 +19,7 @@ import copy
 import logging
 import os
 import time
+import weakref
 from os import getpid
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +101,9 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
             settings_dict["HOST"],
             settings_dict["PORT"],
             self.timezone_name,
+            # Compared, never shown: a corrected password gets a pool of its own
+            # instead of the old one's connect back-off.
+            settings_dict["PASSWORD"],
         )
         pool = registry.pools.get(self.alias)
         if pool is None or pool.key != key or pool.pid != getpid():
@@ -155,7 +159,7 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
 
     def _dpb_pool(self) -> Pool:
         sd = self.settings_dict
-        key = (sd["NAME"], sd["USER"], sd["HOST"], sd["PORT"], self.timezone_name)
+        key = (sd["NAME"], sd["USER"], sd["HOST"], sd["PORT"], self.timezone_name, sd["PASSWORD"])
         pool = registry.pools.get(self.alias)
         if pool is None or pool.key != key or pool.pid != getpid():
             pool = registry.get(self.alias, key, self._dpb_new_pool)
@@ -437,10 +441,15 @@ def _background_opener(
     """An opener for the maintenance thread, which has no wrapper of its own: a
     throwaway wrapper opens and sets up the connection exactly as a checkout would."""
 
+    # Weak: the pool holds this opener, and a cycle would keep a retired pool
+    # alive until the garbage collector runs.
+    pool_ref = weakref.ref(pool)
+
     def open_one() -> Any:
         wrapper = cls(copy.deepcopy(settings_dict), alias)
         conn = wrapper._dpb_open()
-        if "wrapper_state" not in pool.extra:
+        pool = pool_ref()
+        if pool is not None and "wrapper_state" not in pool.extra:
             wrapper._dpb_remember_state(pool)
         wrapper.connection = None  # the pool owns it now
         return conn

@@ -595,3 +595,25 @@ def test_watchdog_thread_ends_when_idle():
     assert drivers._watchdogs._thread is not None
     ours.close()
     peer.close()
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
+def test_a_corrected_password_connects_at_once_despite_the_back_off():
+    """A connect refused for a wrong PASSWORD opens the back-off window; putting the
+    right password back must not be answered with the old refusal (the stock engine
+    simply dials again). The password is part of what names a pool, so the corrected
+    settings get a pool of their own. MariaDB: PostgreSQL here trusts any password."""
+    alias = f"dpb_fault{next(_aliases)}"
+    wrapper = MySQLWrapper(dict(connections["mysql"].settings_dict), alias)
+    right = wrapper.settings_dict["PASSWORD"]
+    try:
+        wrapper.settings_dict["PASSWORD"] = right + "-wrong-dpb"
+        with pytest.raises(OperationalError) as refused:
+            _query(wrapper)
+        assert refused.value.args[0] == 1045  # Access denied
+        wrapper.settings_dict["PASSWORD"] = right
+        assert _query(wrapper) > 0  # the connection id of a fresh session
+        assert registry.stats(alias)["connect_backoffs"] == 0
+    finally:
+        wrapper.close()
+        registry.retire(alias)

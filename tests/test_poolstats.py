@@ -256,16 +256,22 @@ def test_watch_without_a_terminal_repeats_plain_output(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
     )
     lines: list[bytes] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout))  # type: ignore[arg-type]
+    # A daemon: should the command hang, a failed test must not keep pytest alive.
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
-    wait_for(
-        lambda: sum(line.startswith(b"-- ") for line in lines) >= 2,
-        timeout=60,
-        what="two refreshes",
-        interval=0.05,
-    )
-    process.send_signal(signal.SIGINT)
-    assert process.wait(30) == 0
+    try:
+        wait_for(
+            lambda: sum(line.startswith(b"-- ") for line in lines) >= 2,
+            timeout=60,
+            what="two refreshes",
+            interval=0.05,
+        )
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     reader.join(30)
     assert not any(b"\x1b[" in line for line in lines)
 
