@@ -94,7 +94,9 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
         self.health_check_done = True
         self.__dict__.pop("_dpb_failed_check", None)
 
-        # _dpb_pool(), inlined.
+        # This alias's pool, for the settings as they are now (the test runner
+        # renames NAME in place) and in this process (a fork that bypassed
+        # os.fork() leaves an inherited pool behind).
         key = (
             settings_dict["NAME"],
             settings_dict["USER"],
@@ -156,14 +158,6 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
         except Exception:
             behind_proxy = True  # can't tell: the answer that can't break a cursor
         pool.extra["behind_proxy"] = behind_proxy
-
-    def _dpb_pool(self) -> Pool:
-        sd = self.settings_dict
-        key = (sd["NAME"], sd["USER"], sd["HOST"], sd["PORT"], self.timezone_name, sd["PASSWORD"])
-        pool = registry.pools.get(self.alias)
-        if pool is None or pool.key != key or pool.pid != getpid():
-            pool = registry.get(self.alias, key, self._dpb_new_pool)
-        return pool
 
     def _dpb_new_pool(self, key: Any) -> Pool:
         config = self._dpb_config
