@@ -7,9 +7,11 @@ the Markdown report into ``--report`` (default docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +47,31 @@ def prepare() -> None:
             done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"preparing the {vendor} database failed: {done.stderr[-500:]}")
+
+
+def missing_tools(only: list[str]) -> list[str]:
+    """What the chosen sections need and this machine lacks, as install hints.
+
+    Checked before anything runs: a section that found its tool missing half-way
+    through used to leave a report without its figures.
+    """
+    missing = []
+    modules = {
+        "psycopg_pool": "psycopg_pool",
+        "sqlalchemy": "SQLAlchemy",
+        "dj_db_conn_pool": "django-db-connection-pool",
+        "matplotlib": "matplotlib",
+        "gunicorn": "gunicorn",
+    }
+    for module, package in modules.items():
+        if importlib.util.find_spec(module) is None:
+            missing.append(f"{package} (pip install -e '.[bench]')")
+    if "http" in only:
+        if shutil.which("wrk") is None:
+            missing.append("wrk (apt-get install wrk)")
+        if not os.access("/usr/sbin/pgbouncer", os.X_OK):
+            missing.append("pgbouncer (apt-get install pgbouncer)")
+    return missing
 
 
 def machine() -> dict:
@@ -146,6 +173,11 @@ def main() -> None:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    missing = missing_tools(only)
+    if missing:
+        parser.error(
+            "missing for these sections: " + "; ".join(missing) + " (./dev bench installs them)"
+        )
     quick = args.quick
     rounds = args.rounds or (3 if quick else 5)
     budget = 0.3 if quick else 1.0

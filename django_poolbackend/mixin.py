@@ -37,6 +37,8 @@ from .errors import PoolClosed, PoolTimeout
 logger = logging.getLogger("django_poolbackend")
 
 _drivers: dict[str, drivers.Driver] = {}
+#: The registry's dict itself (never rebound), one lookup closer for connect().
+_pools = registry.pools
 
 
 if TYPE_CHECKING:
@@ -49,6 +51,9 @@ else:
 
 class PooledDatabaseWrapperMixin(_WrapperBase):
     _dpb_slot: Slot | None = None
+    #: Set when Django's own usability check failed on a pooled connection: it is
+    #: discarded at its return instead of pooled (cleared there).
+    _dpb_failed_check = False
     #: The pool whose remembered wrapper attributes this wrapper has applied.
     _dpb_synced: Pool | None = None
 
@@ -92,7 +97,6 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
         self.closed_in_transaction = False
         self.errors_occurred = False
         self.health_check_done = True
-        self.__dict__.pop("_dpb_failed_check", None)
 
         # This alias's pool, for the settings as they are now (the test runner
         # renames NAME in place) and in this process (a fork that bypassed
@@ -107,7 +111,7 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
             # instead of the old one's connect back-off.
             settings_dict["PASSWORD"],
         )
-        pool = registry.pools.get(self.alias)
+        pool = _pools.get(self.alias)
         if pool is None or pool.key != key or pool.pid != getpid():
             pool = registry.get(self.alias, key, self._dpb_new_pool)
         options = settings_dict["OPTIONS"]
@@ -235,7 +239,8 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
             return
         self._dpb_slot = None
         discard: str | None
-        if self.__dict__.pop("_dpb_failed_check", False):
+        if self._dpb_failed_check:
+            self._dpb_failed_check = False
             discard, reset = "broken", False
         else:
             discard, reset = self._dpb_clean(slot)
@@ -394,6 +399,7 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
         if self._dpb_slot is None:
             self._dpb_driver.abandon(conn)
         self._dpb_slot = None
+        self._dpb_failed_check = False
         self.connection = None
         # Whatever the parent was doing on it, this process was not.
         self.in_atomic_block = False
