@@ -1,6 +1,6 @@
 """The floor under any pool: Django's request cycle with a checkout that costs nothing.
 
-    python -m benchmarks.floor_cycle persistent|floor|ours [postgresql|mysql]
+    python -m benchmarks.floor_cycle persistent|floor|ours [postgresql|mysql] [--cycles N]
 
 ``floor`` replaces the wrapper's ``connect()``/``_close()`` with the least a
 connection-per-request engine can do (hand over one kept connection, give nothing
@@ -8,6 +8,10 @@ back), so what remains is Django's own per-request work: ``close()``,
 ``ensure_connection()`` with its error wrapper, ``close_if_unusable_or_obsolete()``.
 It is a measuring device for ``benchmarks/notes.md`` (on this machine the floor is
 within noise of the persistent stock engine), not a configuration anyone could run.
+
+``--cycles N`` runs exactly N cycles untimed, for an instruction count that the
+machine's load cannot move: the difference between two ``valgrind --tool=callgrind``
+runs (N = 2,000 and 12,000) over 10,000 is the instructions per cycle.
 """
 
 from __future__ import annotations
@@ -18,8 +22,14 @@ import types
 
 
 def main() -> None:
-    mode = sys.argv[1]
-    vendor = sys.argv[2] if len(sys.argv) > 2 else "postgresql"
+    args = sys.argv[1:]
+    cycles = None
+    if "--cycles" in args:
+        at = args.index("--cycles")
+        cycles = int(args[at + 1])
+        del args[at : at + 2]
+    mode = args[0]
+    vendor = args[1] if len(args) > 1 else "postgresql"
     import django
     from django.conf import settings
 
@@ -55,6 +65,10 @@ def main() -> None:
         wrapper.ensure_connection()
         close_old_connections()
 
+    if cycles is not None:
+        for _ in range(cycles):
+            cycle()
+        return
     for _ in range(2000):
         cycle()
     best = min(timeit.repeat(cycle, number=50_000, repeat=7)) / 50_000 * 1e6
