@@ -564,17 +564,32 @@ def _bind_server_status(conn: Any) -> Any:
     try:
         # PyDLL: the call copies one field of the struct, so it keeps the GIL
         # (CDLL would release and retake it: 0.7 µs of a 1.7 µs read, per return).
-        get_info = ctypes.PyDLL(_mysql.__file__).mariadb_get_info
+        library = ctypes.PyDLL(_mysql.__file__)
+        get_info = library.mariadb_get_info
     except (OSError, AttributeError):
         return False
     get_info.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
     get_info.restype = ctypes.c_char
+    # The per-return read: its own function object, with no result to convert
+    # (the probe below checks the one this layout gives), and a buffer per thread
+    # passed as a plain address, made once: building a c_uint and its byref() on
+    # every return cost more than the call itself.
+    read_info = library["mariadb_get_info"]
+    read_info.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    read_info.restype = None
     offset = object.__basicsize__
     which = _MARIADB_CONNECTION_SERVER_STATUS
+    buffers = threading.local()
 
     def server_status(conn: Any) -> int:
-        value = ctypes.c_uint(0)
-        get_info(id(conn) + offset, which, ctypes.byref(value))
+        value: ctypes.c_uint
+        try:
+            value, address = buffers.value
+        except AttributeError:
+            value = ctypes.c_uint(0)
+            address = ctypes.addressof(value)
+            buffers.value = (value, address)
+        read_info(id(conn) + offset, which, address)
         return value.value
 
     probe = ctypes.c_uint(0)

@@ -796,3 +796,49 @@ def test_full_reset_leaves_nothing_of_any_sequence_of_changes(make_pooled, state
     assert stats["connects"] == 1
     assert stats["closed"] == 0
     assert stats["resets"] >= 2 * 40
+
+
+def test_mysql_status_reads_in_threads_see_their_own_connection(django_db_setup):
+    """The return check reads MariaDB's status flags into a buffer per thread: two
+    threads returning at once, one connection in a transaction and one idle, must
+    each get their own connection's answer (a shared buffer would swap them)."""
+    import sys
+    import threading
+
+    from django_poolbackend import drivers
+
+    driver = drivers.MySQLdbDriver()
+    busy, idle = _mysql_admin(), _mysql_admin()
+    busy.query("START TRANSACTION")
+    # The first full check binds the read (the pool's first return does the same).
+    assert driver.state(busy) == drivers.IN_TRANSACTION
+    assert driver.state(idle) == drivers.IDLE
+    assert driver._server_status, "MariaDB Connector/C's status read could not be bound"
+    wrong: list[tuple[str, bool]] = []
+    start = threading.Barrier(2)
+
+    def read(conn: Any, expected: bool, name: str) -> None:
+        start.wait()
+        for _ in range(20_000):
+            answer = driver.idle_in_autocommit(conn)
+            if answer is not expected:
+                wrong.append((name, answer))
+                return
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        threads = [
+            threading.Thread(target=read, args=(busy, False, "in transaction")),
+            threading.Thread(target=read, args=(idle, True, "idle")),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(previous)
+        busy.rollback()
+        busy.close()
+        idle.close()
+    assert wrong == []
