@@ -9,7 +9,8 @@ Ids are stable and never reused:
 ``W001``                 ``CONN_MAX_AGE`` is not 0
 ``W002``  (database)     worst-case connections exceed the server's (or PgBouncer's) limit
 ``W003``  (database)     the server could not be reached, so nothing was checked
-``W004``  (database)     PgBouncer in transaction mode with server-side cursors enabled
+``W004``  (database)     retired, never raised: ``QuerySet.iterator()`` behind a proxy
+                         reads through a client-side cursor by itself
 ``E004``  (database)     PgBouncer in transaction mode with psycopg prepared statements on
 ``W005``  (database)     behind a connection proxy whose pool mode could not be read
 ``E005``  (debug toolbar) ``PoolPanel`` is used but ``django_poolbackend`` is not installed
@@ -445,7 +446,6 @@ def _pgbouncer_messages(
     mode = bouncer.get("mode")
     if mode is not None and mode not in _TRANSACTION_POOLING:
         return []  # session pooling keeps a server connection per client.
-    cursors_on = settings_dict.get("DISABLE_SERVER_SIDE_CURSORS") is not True
     prepared_on = facts.get("prepare_threshold") is not None and not bouncer.get(
         "prepared_statements"
     )
@@ -453,8 +453,6 @@ def _pgbouncer_messages(
     out: list[checks.CheckMessage] = []
     if mode is None:
         risky = []
-        if cursors_on:
-            risky.append("server-side cursors (DISABLE_SERVER_SIDE_CURSORS is not True)")
         if prepared_on:
             risky.append("psycopg prepared statements (prepare_threshold is not None)")
         if role:
@@ -466,24 +464,13 @@ def _pgbouncer_messages(
                     "(PgBouncer or similar) whose pool mode could not be read; in "
                     "transaction mode these break: " + "; ".join(risky) + ".",
                     hint="If the proxy pools by transaction, set "
-                    "DISABLE_SERVER_SIDE_CURSORS = True and OPTIONS['prepare_threshold'] "
-                    "= None. Listing the user in PgBouncer's stats_users lets this check "
-                    "read the mode.",
+                    "OPTIONS['prepare_threshold'] = None and connect as the role instead "
+                    "of assume_role. Listing the user in PgBouncer's stats_users lets "
+                    "this check read the mode.",
                     id="django_poolbackend.W005",
                 )
             )
         return out
-    if cursors_on:
-        out.append(
-            checks.Warning(
-                f"DATABASES[{alias!r}] goes through PgBouncer in {mode} mode with "
-                "server-side cursors enabled: a cursor declared WITH HOLD outside a "
-                "transaction (QuerySet.iterator() on the stock engine) fails at its next "
-                "FETCH on another server session with 'cursor does not exist'.",
-                hint=f"Set DATABASES[{alias!r}]['DISABLE_SERVER_SIDE_CURSORS'] = True.",
-                id="django_poolbackend.W004",
-            )
-        )
     if prepared_on:
         out.append(
             checks.Error(

@@ -442,12 +442,12 @@ def via_bouncer(bouncer: Bouncer, **changes: Any) -> dict:
     return db
 
 
-def test_pgbouncer_transaction_mode_server_side_cursors(pgbouncer):
-    # Django turns psycopg's prepared statements off by default: only W004.
-    messages = checks.server_messages("default", via_bouncer(pgbouncer))
-    assert ids(messages) == ["django_poolbackend.W004"]
-    assert "PgBouncer in transaction mode" in messages[0].msg
-    assert "DISABLE_SERVER_SIDE_CURSORS'] = True" in messages[0].hint
+def test_pgbouncer_transaction_mode_default_settings_are_silent(pgbouncer):
+    # Django turns psycopg's prepared statements off by default, and server-side
+    # cursors need no setting: iterator() outside a transaction reads client-side
+    # behind a proxy (tests/test_pgbouncer.py), inside one its cursor lives in one
+    # server session.
+    assert checks.server_messages("default", via_bouncer(pgbouncer)) == []
 
 
 def test_pgbouncer_transaction_mode_prepared_statements(pgbouncer):
@@ -472,13 +472,19 @@ def test_pgbouncer_mode_unknown_without_admin_rights(pgbouncer):
     admin.execute("DROP ROLE IF EXISTS dpb_h4_plain")
     admin.execute("CREATE ROLE dpb_h4_plain LOGIN")
     try:
-        messages = checks.server_messages("default", via_bouncer(pgbouncer, USER="dpb_h4_plain"))
+        plain = via_bouncer(pgbouncer, USER="dpb_h4_plain")
+        silent = checks.server_messages("default", plain)
+        options = {**plain["OPTIONS"], "prepare_threshold": 5}
+        messages = checks.server_messages("default", {**plain, "OPTIONS": options})
     finally:
         admin.execute("DROP ROLE dpb_h4_plain")
         admin.close()
+    # Nothing that transaction mode breaks is on: nothing to say.
+    assert silent == []
     assert ids(messages) == ["django_poolbackend.W005"]
     assert "pool mode could not be read" in messages[0].msg
-    assert "server-side cursors" in messages[0].msg
+    assert "prepared statements (prepare_threshold is not None)" in messages[0].msg
+    assert "server-side cursors" not in messages[0].msg
 
 
 def test_pgbouncer_client_limit(pgbouncer, monkeypatch):
