@@ -17,6 +17,15 @@ carries ``tests/``) is fetched once into ``compat/.cache``. Each configuration (
 once; every test's outcome is recorded (``compat_runner.py``). A pooled run fails the
 comparison when a test fails or errors there but not on the stock engine of the same
 vendor, unless ``expected_differences.txt`` lists it with a reason. Exit status 1 then.
+
+The pooled variants run first, on every module. The stock engine then runs only the
+tests that failed or errored on one of them (``--stock failures``, the default): the
+comparison only ever asks for the stock outcome of such a test, so the verdict is the
+same as with a full stock run, at a fraction of its time. ``--stock full`` runs the
+stock engine on every module as well (the per-module table then has a full stock
+column). The two vendors run at the same time, each on its own private server
+(``--vendors-at-once``, the default): most of a run's time is spent waiting for the
+server or for a pool timeout, not on the CPU.
 The interpreter needs tblib (Django's parallel runner sends tracebacks with it);
 ``./dev compat`` installs it.
 """
@@ -35,7 +44,9 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import private_servers
@@ -73,6 +84,28 @@ COMMON_MODULES = [
 VENDOR_MODULES = {"postgresql": ["postgres_tests"], "mysql": []}
 VARIANTS = ["stock", "pooled", "pooled-max1"]
 BAD = {"failure", "error", "unexpected_success"}
+# A failure message from another thread must not cut a line of this one's in half.
+_PRINT_LOCK = threading.Lock()
+
+
+# The runtests.py processes under way, one per vendor at most.
+_RUNNING: set[subprocess.Popen] = set()
+
+
+def say(text: str) -> None:
+    with _PRINT_LOCK:
+        print(text, flush=True)
+
+
+def stop_runs() -> None:
+    """End every runtests.py still running, with its workers. The runs happen in
+    threads, and an interrupt (Ctrl-C, a CI timeout's SIGTERM) only reaches the main
+    thread: without this, leaving would wait for each run to finish."""
+    with _PRINT_LOCK:
+        running = list(_RUNNING)
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def django_version() -> str:
@@ -135,10 +168,19 @@ def results_dir(version: str) -> Path:
 
 
 def run_config(
-    config: str, modules: list[str], version: str, sdist: Path, parallel: int, server: dict
+    config: str,
+    modules: list[str],
+    version: str,
+    sdist: Path,
+    parallel: int,
+    server: dict,
+    labels: list[str] | None = None,
 ) -> dict:
     """One configuration; *server* is the vendor's server (its ``port``, ``private``, and
-    for a private one what ``private_servers.describe`` says)."""
+    for a private one what ``private_servers.describe`` says). *labels*, when given, are
+    the test labels to run instead of the whole *modules* (a stock reference run on the
+    tests that failed on a pooled variant); the result still names *modules*, the set it
+    is the reference for."""
     out = results_dir(version)
     result_file = out / f"{config}.json"
     log_file = out / f"{config}.log"
@@ -157,9 +199,12 @@ def run_config(
         "--settings=settings_compat",
         f"--parallel={parallel}",
         "--noinput",
-        *modules,
+        *(modules if labels is None else labels),
     ]
-    print(f"== {config}: {' '.join(cmd)}  (log: {log_file.relative_to(REPO)})", flush=True)
+    shown = " ".join(cmd) if labels is None else " ".join(cmd[: -len(labels)])
+    if labels is not None:
+        shown += f" <the {len(labels)} test(s) that failed on a pooled variant>"
+    say(f"== {config}: {shown}  (log: {log_file.relative_to(REPO)})")
     started = time.monotonic()
     vendor = config.split("-")[0]
     peak = (
@@ -168,9 +213,24 @@ def run_config(
         else contextlib.nullcontext()
     )
     with open(log_file, "w") as log, peak:
-        proc = subprocess.run(
-            cmd, cwd=sdist / "tests", env=env, stdout=log, stderr=subprocess.STDOUT
+        # Its own process group, so that stop_runs() can end runtests.py together with
+        # its --parallel workers when this script is interrupted.
+        proc = subprocess.Popen(
+            cmd,
+            cwd=sdist / "tests",
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
+        with _PRINT_LOCK:
+            _RUNNING.add(proc)
+        try:
+            proc.wait()
+        finally:
+            with _PRINT_LOCK:
+                _RUNNING.discard(proc)
     wall = time.monotonic() - started
     if not result_file.exists():
         tail = log_file.read_text(errors="replace")[-3000:]
@@ -190,15 +250,81 @@ def run_config(
         server=server.get("server", f"shared, port {server['port']}"),
         max_connections=server.get("max_connections"),
         peak_sessions=getattr(peak, "peak", None),
+        scope="all" if labels is None else "failures",
+        labels=labels,
     )
     result_file.write_text(json.dumps(data, indent=0, sort_keys=True))
     sessions = f", peak {peak.peak} sessions" if server["private"] else ""
-    print(
+    say(
         f"   {config}: {len(data['outcomes'])} tests, exit {proc.returncode}, {wall:.0f} s"
-        f"{sessions}",
-        flush=True,
+        f"{sessions}"
     )
     return data
+
+
+def label_of(test_id: str) -> str:
+    """The runtests.py label that runs *test_id* again: a test method's id is its dotted
+    path; a class-level error (``setUpClass (module.Class)``) reruns the class."""
+    m = re.search(r"\(([^)]+)\)", test_id)
+    return m.group(1) if m else test_id
+
+
+def run_vendor(
+    vendor: str,
+    variants: list[str],
+    modules: list[str],
+    version: str,
+    sdist: Path,
+    parallel: int,
+    server: dict,
+    stock_scope: str,
+) -> None:
+    """Every chosen variant of one vendor, pooled ones first. With *stock_scope*
+    ``failures`` the stock engine then runs only the tests that failed or errored on a
+    pooled variant: a difference is "bad on pooled, not bad on stock", so the stock
+    outcome of any other test never enters the verdict."""
+    bad: set[str] = set()
+    for variant in (v for v in variants if v != "stock"):
+        data = run_config(f"{vendor}-{variant}", modules, version, sdist, parallel, server)
+        bad |= {t for t, (outcome, _) in data["outcomes"].items() if outcome in BAD}
+    if "stock" not in variants:
+        return
+    if stock_scope == "full" or len(variants) == 1:
+        run_config(f"{vendor}-stock", modules, version, sdist, parallel, server)
+        return
+    labels = sorted({label_of(t) for t in bad})
+    if labels:
+        run_config(f"{vendor}-stock", modules, version, sdist, parallel, server, labels)
+        return
+    # Nothing failed on a pooled variant: there is nothing to compare, and an empty
+    # reference run records that without starting runtests.py (which would run
+    # every module when given no label).
+    result_file = results_dir(version) / f"{vendor}-stock.json"
+    result_file.write_text(
+        json.dumps(
+            {
+                "testsRun": 0,
+                "outcomes": {},
+                "engines": {},
+                "config": f"{vendor}-stock",
+                "modules": modules,
+                "wall_s": 0.0,
+                "exit": 0,
+                "parallel": parallel,
+                "django": version,
+                "python": platform.python_version(),
+                "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "server": server.get("server", f"shared, port {server['port']}"),
+                "max_connections": server.get("max_connections"),
+                "peak_sessions": None,
+                "scope": "failures",
+                "labels": [],
+            },
+            indent=0,
+            sort_keys=True,
+        )
+    )
+    say(f"   {vendor}-stock: not run, no test failed on a pooled variant")
 
 
 def module_of(test_id: str) -> str:
@@ -271,9 +397,12 @@ def report(current: str, expected: list) -> tuple[str, int]:
         "explained in `compat/expected_differences.txt`.",
         "",
         "Reproduce: `<venv>/bin/python compat/run_django_tests.py [--vendor postgresql|mysql]",
-        "[--variants stock pooled pooled-max1] [--modules ...]`, or `./dev compat` for both",
-        "Django lines as CI runs them (`.ci/run`: every variant, both vendors, both lines;",
-        "the job fails on any unexplained difference). The runs use private PostgreSQL and",
+        "[--variants stock pooled pooled-max1] [--stock failures|full] [--modules ...]`, or",
+        "`./dev compat` for both Django lines as CI runs them (`.ci/run`: every variant, both",
+        "vendors, both lines; the job fails on any unexplained difference). The pooled",
+        "variants run on every module; the stock engine, by default, only on the tests that",
+        "failed or errored on a pooled variant (`--stock failures`), which is all the",
+        "comparison reads from it. The runs use private PostgreSQL and",
         "MariaDB instances that the script starts, with max_connections="
         f"{private_servers.MAX_CONNECTIONS};",
         "the `sessions` column is the most client sessions the server had at once during the",
@@ -326,7 +455,7 @@ def _report_version(version: str, expected: list, used: set) -> tuple[list, int]
         ]
         for c in configs:
             d = runs[c]
-            engine = d.get("engines", {}).get("default", "?").rsplit(".", 1)[0]
+            engine = d.get("engines", {}).get("default", "(not run)").rsplit(".", 1)[0]
             peak = d.get("peak_sessions")
             sessions = "–" if peak is None else f"{peak} of {d.get('max_connections')}"
             lines.append(
@@ -335,8 +464,21 @@ def _report_version(version: str, expected: list, used: set) -> tuple[list, int]
                 f"| {d['exit']} |"
             )
         lines.append("")
+        stock = runs.get(f"{vendor}-stock")
+        partial = stock is not None and stock.get("scope") == "failures"
+        if partial:
+            lines += [
+                f"`{vendor}-stock` ran only the {len(stock['labels'])} test label(s) that "
+                "failed or errored on a pooled variant (`--stock failures`): the comparison "
+                "reads the stock outcome of those tests and of no other, so its column below "
+                "counts just them.",
+                "",
+            ]
         modules = sorted({m for c in configs for m in runs[c]["modules"]})
-        lines += ["| module | " + " | ".join(configs) + " |", "| --- |" + " --- |" * len(configs)]
+        headers = [
+            f"{c} (failures only)" if partial and c == f"{vendor}-stock" else c for c in configs
+        ]
+        lines += ["| module | " + " | ".join(headers) + " |", "| --- |" + " --- |" * len(configs)]
         for m in modules:
             cells = []
             for c in configs:
@@ -345,7 +487,6 @@ def _report_version(version: str, expected: list, used: set) -> tuple[list, int]
                 )
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
-        stock = runs.get(f"{vendor}-stock")
         pooled = [c for c in configs if c != f"{vendor}-stock"]
         if stock is None and pooled:
             lines += [f"**{', '.join(pooled)}**: no {vendor}-stock run to compare with.", ""]
@@ -371,7 +512,7 @@ def _report_version(version: str, expected: list, used: set) -> tuple[list, int]
             if unexplained or explained:
                 lines.append("")
             missing = set(stock["outcomes"]) - set(runs[c]["outcomes"])
-            if missing:
+            if missing and not partial:
                 lines += [
                     f"- {len(missing)} test(s) ran on stock but not here, "
                     f"e.g. `{sorted(missing)[0]}`",
@@ -400,6 +541,21 @@ def main() -> int:
     parser.add_argument("--modules", nargs="+", help="default: the issue's list")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument(
+        "--stock",
+        choices=["failures", "full"],
+        default="failures",
+        help="run the stock engine only on the tests that failed or errored on a pooled "
+        "variant (default; the verdict reads nothing else from it), or on every module",
+    )
+    parser.add_argument(
+        "--vendors-at-once",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the PostgreSQL and the MariaDB configurations at the same time, each "
+        "vendor on its own server (default); --no-vendors-at-once runs them one after "
+        "the other",
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="only rebuild the report from cached runs"
     )
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
@@ -426,13 +582,33 @@ def main() -> int:
             if args.private_servers
             else contextlib.nullcontext({})
         ) as ports:
-            for vendor in vendors:
-                server = _server(vendor, ports)
-                modules = args.modules or COMMON_MODULES + VENDOR_MODULES[vendor]
-                for variant in args.variants:
-                    run_config(
-                        f"{vendor}-{variant}", modules, version, sdist, args.parallel, server
-                    )
+            jobs = [
+                (
+                    vendor,
+                    args.variants,
+                    args.modules or COMMON_MODULES + VENDOR_MODULES[vendor],
+                    version,
+                    sdist,
+                    args.parallel,
+                    _server(vendor, ports),
+                    args.stock,
+                )
+                for vendor in vendors
+            ]
+            workers = len(jobs) if args.vendors_at_once else 1
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                try:
+                    # result() re-raises a vendor's failure (e.g. runtests.py without
+                    # results) here; the other vendor's runs then finish first.
+                    for future in [pool.submit(run_vendor, *job) for job in jobs]:
+                        future.result()
+                except BaseException:
+                    # Interrupted (KeyboardInterrupt, SIGTERM's SystemExit): queued
+                    # runs are dropped and running ones ended, so the private servers
+                    # are removed at once.
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    stop_runs()
+                    raise
     text, unexplained = report(version, expected)
     args.results.write_text(text)
     print(text)

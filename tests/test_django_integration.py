@@ -325,11 +325,16 @@ def test_threads_share_one_pool_per_process(make_pooled, vendor):
     assert pools == {id(pooled.pool)}
 
 
+# Two suite runs at once (./dev test runs both Django lines together) each set their
+# own suffix, so their test databases (test_dpb_parallel...) never collide.
+_SUFFIX = os.environ.get("DPB_TEST_DB_SUFFIX", "")
+
+
 @pytest.mark.parametrize(
     ("url", "runs"),
     [
-        ("postgres://postgres@127.0.0.1:5432/dpb_parallel", ([], ["--keepdb"], ["--keepdb"])),
-        ("mysql://root@127.0.0.1:3306/dpb_parallel", ([],)),
+        (f"postgres://postgres@127.0.0.1:5432/dpb_parallel{_SUFFIX}", ([], ["--keepdb"], ["--keepdb"])),
+        (f"mysql://root@127.0.0.1:3306/dpb_parallel{_SUFFIX}", ([],)),
     ],
 )
 def test_manage_py_test_parallel_and_keepdb_work_with_the_pool(url, runs):
