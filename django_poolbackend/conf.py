@@ -12,7 +12,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .core.config import RESET_POLICIES, ConfigError, PoolConfig
+from .core.config import RESET_POLICIES, ConfigError, PoolConfig, shown
 
 #: psycopg_pool options (Django's built-in pool) that mean the same here.
 _SHARED_KEYS = ("min_size", "max_size", "timeout", "max_waiting", "max_lifetime", "max_idle")
@@ -107,6 +107,33 @@ def _checked(
     return config
 
 
+def checked_params(alias: str, hook: Any, params: Any) -> dict[str, Any]:
+    """What a ``connect_params`` hook returned, if the driver's ``connect()`` can
+    take it as keyword arguments: a mapping with str keys (a copy when it is not a
+    plain dict). Anything else is refused here, with a message that names the hook;
+    the driver's own error ("argument after ** must be a mapping") would not. The
+    message names only types, never a value: the parameters hold the password."""
+    if isinstance(params, Mapping):
+        bad = next((key for key in params if not isinstance(key, str)), None)
+        if bad is None:
+            return params if type(params) is dict else dict(params)
+        problem = f"a mapping with {_article(type(bad).__name__)} {type(bad).__name__} key"
+    else:
+        kind = type(params).__name__
+        problem = f"{_article(kind)} {kind}"
+    name = hook if isinstance(hook, str) else _dotted_name(hook)
+    raise ImproperlyConfigured(
+        f"DATABASES[{alias!r}]['POOL']['connect_params'] = {name!r} returned {problem}. "
+        "Allowed: a dict of connection parameters with str keys (the params it was "
+        "given, changed as needed)."
+    )
+
+
+def _dotted_name(hook: Any) -> str:
+    module = getattr(hook, "__module__", "?")
+    return f"{module}.{getattr(hook, '__qualname__', type(hook).__name__)}"
+
+
 def _vendor(engine: Any) -> str | None:
     """The vendor of the wrapper an ENGINE names (no I/O); None if it doesn't load."""
     from django.db.utils import load_backend
@@ -133,7 +160,8 @@ def import_problems(config: PoolConfig, where: str) -> list[str]:
         else:
             if callable(target):
                 continue
-            problem = f"names a {type(target).__name__}, which can't be called"
+            kind = type(target).__name__
+            problem = f"names {_article(kind)} {kind}, which can't be called"
         out.append(f"{where}[{key!r}] = {path!r} {problem}. Allowed: {allowed}.")
     return out
 
@@ -149,29 +177,43 @@ def _parse(raw: Any, where: str) -> PoolConfig | ImproperlyConfigured:
 
 def describe(exc: ConfigError, where: str) -> str:
     if exc.key is None:
-        return f"{where} = {exc.value!r} is invalid: {exc.allowed}."
+        return f"{where} = {shown(exc.value)} is invalid: {exc.allowed}."
     if exc.allowed.startswith("unknown key"):
-        return f"{where} has an unknown key {exc.key!r}: allowed keys are " + (
+        return f"{where} has an unknown key {shown(exc.key)}: allowed keys are " + (
             exc.allowed.split(": ", 1)[1] + "."
         )
-    return f"{where}[{exc.key!r}] = {exc.value!r} is invalid: {exc.allowed}."
+    return f"{where}[{exc.key!r}] = {shown(exc.value)} is invalid: {exc.allowed}."
 
 
 def _from_options_pool(alias: str, raw: Any) -> dict[str, Any]:
+    """``OPTIONS["pool"]`` (the keyword arguments Django gives psycopg_pool's
+    ``ConnectionPool``) as a ``POOL`` dict: each key either means the same here, or
+    is translated, or is ignored because it has no counterpart, or is refused with
+    a message that says why. The values go on to the same validation as ``POOL``'s.
+    """
+    where = f"DATABASES[{alias!r}]['OPTIONS']['pool']"
     if raw is True or raw is False or raw is None:
         return {}
     if not isinstance(raw, Mapping):
         raise ImproperlyConfigured(
-            f"DATABASES[{alias!r}]['OPTIONS']['pool'] = {raw!r} is invalid: must be "
-            "True or a dict of pool settings."
+            f"{where} = {shown(raw)} is invalid: must be True or a dict of pool settings."
         )
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in _SHARED_KEYS:
+        if key == "max_size" and value is None:
+            # psycopg_pool's spelling of "as many as min_size" (its default).
+            if raw.get("min_size") is None:
+                raise ImproperlyConfigured(
+                    f"{where}['max_size'] = None is invalid here: psycopg_pool reads it as "
+                    "'equal to min_size', and min_size is not set (psycopg_pool's default "
+                    "of 4 is not django_poolbackend's 0). Allowed: an integer >= 1, or "
+                    "None together with min_size."
+                )
+            out["max_size"] = raw["min_size"]
+        elif key in _SHARED_KEYS:
             out[key] = value
         elif key == "check":
-            # psycopg_pool's check runs at every checkout.
-            out["pre_ping"] = value is not None
+            out["pre_ping"] = _pre_ping_for_check(where, value)
         elif key == "reset":
             if value is not None:
                 out["reset"] = value
@@ -179,7 +221,7 @@ def _from_options_pool(alias: str, raw: Any) -> dict[str, Any]:
             continue
         else:
             raise ImproperlyConfigured(
-                f"DATABASES[{alias!r}]['OPTIONS']['pool'] has the key {key!r}, a "
+                f"{where} has the key {shown(key)}, a "
                 "psycopg_pool option that django_poolbackend does not support. "
                 "Supported there: "
                 + ", ".join(_SHARED_KEYS + ("check", "reset"))
@@ -188,3 +230,41 @@ def _from_options_pool(alias: str, raw: Any) -> dict[str, Any]:
                 + ". Prefer DATABASES[alias]['POOL'] for the full set of settings."
             )
     return out
+
+
+def _pre_ping_for_check(where: str, value: Any) -> bool:
+    """psycopg_pool's ``check``: ``None`` (no check) or a callable run on every
+    checkout. Its own ``ConnectionPool.check_connection``, the one Django uses, is
+    what ``pre_ping=True`` does here. Any other callable would be silently not run,
+    and anything else (a number, a string) is not a check at all: both are refused.
+    """
+    if value is None:
+        return False
+    if _is_psycopg_pool_check(value):
+        return True
+    what = (
+        "a callable django_poolbackend would not run"
+        if callable(value)
+        else f"{_article(type(value).__name__)} {type(value).__name__}, not a callable"
+    )
+    raise ImproperlyConfigured(
+        f"{where}['check'] = {shown(value)} is invalid: it is {what}. Allowed: None (no "
+        "check at checkout, POOL['pre_ping'] = False) or "
+        "psycopg_pool.ConnectionPool.check_connection (a check at every checkout, "
+        "POOL['pre_ping'] = True). For another schedule, move the settings to POOL and set "
+        "its pre_ping."
+    )
+
+
+def _is_psycopg_pool_check(value: Any) -> bool:
+    # By name, so that psycopg_pool need not be installed to validate settings.
+    return (
+        getattr(value, "__qualname__", None)
+        in ("ConnectionPool.check_connection", "AsyncConnectionPool.check_connection")
+        and str(getattr(value, "__module__", "")).split(".")[0] == "psycopg_pool"
+    )
+
+
+def _article(noun: str) -> str:
+    """'a' or 'an' before *noun*, by its first letter (type names: 'an int', 'a str')."""
+    return "an" if noun and noun[0].lower() in "aeiou" else "a"

@@ -220,9 +220,8 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
         config = self._dpb_config
         hook = None if isinstance(config, ImproperlyConfigured) else config.connect_params
         if hook is not None:
-            if isinstance(hook, str):
-                hook = import_string(hook)
-            params = hook(self.alias, params)
+            function = import_string(hook) if isinstance(hook, str) else hook
+            params = conf.checked_params(self.alias, hook, function(self.alias, params))
         return params
 
     def _dpb_initialise(self) -> None:

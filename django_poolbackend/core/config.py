@@ -8,11 +8,20 @@ layer (``django_poolbackend.conf``) turns a :class:`ConfigError` into an
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 RESET_POLICIES = ("rollback", "full")
+
+#: The largest number of seconds any seconds key accepts: the longest wait a
+#: ``threading`` lock accepts on this platform (about 292 years on Linux, 49 days on
+#: Windows), in whole seconds. ``timeout`` is handed to such a wait, where a larger
+#: value raises ``OverflowError``; the other keys share the bound so that one rule
+#: covers every seconds key. A value that large means "never", which each key
+#: already spells otherwise (``None``, ``0`` or ``False``).
+MAX_SECONDS = math.floor(threading.TIMEOUT_MAX)
 
 
 class ConfigError(ValueError):
@@ -22,7 +31,23 @@ class ConfigError(ValueError):
         self.key = key
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{key}={value!r}: {allowed}")
+        super().__init__(f"{key}={shown(value)}: {allowed}")
+
+
+def shown(value: Any) -> str:
+    """*value* as a message shows it: its repr, except where that would be unreadable
+    or fail. An int of thousands of digits is described by its size (Python refuses
+    to convert one of more than 4300 digits to text), and a repr that raises or runs
+    past 200 characters is replaced or cut."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        sign = "a negative" if value < 0 else "an"
+        return f"{sign} integer of about {digits} digits"
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<a {type(value).__name__} that can't be shown>"
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,24 +109,44 @@ def _int(minimum: int) -> Callable[[str, Any], int]:
 def _seconds(*, optional: bool, positive: bool) -> Callable[[str, Any], Any]:
     bound = "> 0" if positive else ">= 0"
     allowed = f"must be a number of seconds {bound}" + (" or None" if optional else "")
+    # A value above MAX_SECONDS gets the whole range, so the message says what is
+    # allowed at both ends; every other mistake keeps the shorter message.
+    too_large = f"must be a number of seconds {bound} and at most {MAX_SECONDS}" + (
+        ", or None" if optional else ""
+    )
 
     def check(key: str, value: Any) -> float | None:
         if value is None and optional:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not _is_number(value) or not (value > 0 if positive else value >= 0):
+            # NaN fails both comparisons, so it lands here.
             raise ConfigError(key, value, allowed)
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            raise ConfigError(key, value, allowed)
+        if value > MAX_SECONDS:
+            # Infinity, and an int too large for a float, land here: both are
+            # compared exactly, never converted.
+            raise ConfigError(key, value, too_large)
         return float(value)
 
     return check
 
 
+def _is_number(value: Any) -> bool:
+    """An int or a float, but not a bool (``True`` is an int to Python)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _pre_ping(key: str, value: Any) -> bool | float:
     if isinstance(value, bool):
         return value
-    if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+    if _is_number(value) and 0 <= value <= MAX_SECONDS:
         return float(value)
+    if _is_number(value) and value > MAX_SECONDS:
+        raise ConfigError(
+            key,
+            value,
+            f"must be True, False or a number of seconds >= 0 and at most {MAX_SECONDS} "
+            "of idleness",
+        )
     raise ConfigError(key, value, "must be True, False or a number of seconds >= 0 of idleness")
 
 
