@@ -35,9 +35,13 @@ DATABASES["stock_pg"] = {
 del DATABASES["stock_pg"]["POOL"]
 
 if os.environ.get("DPB_USE_TEST_DB") == "1":
+    # Under pytest-xdist, pytest-django gives each worker test databases of its
+    # own, named after it (dpb_test_pg_gw0); a server a worker starts gets the id
+    # in DPB_TEST_DB_WORKER (tests/conftest.py's server_env()).
+    WORKER = os.environ.get("DPB_TEST_DB_WORKER", "")
     for db in DATABASES.values():
         if "NAME" in db.get("TEST", {}):
-            db["NAME"] = db["TEST"]["NAME"]
+            db["NAME"] = db["TEST"]["NAME"] + (f"_{WORKER}" if WORKER else "")
     DATABASES["stock_pg"]["NAME"] = DATABASES["default"]["NAME"]
 
 LOGGING = {

@@ -8,14 +8,16 @@ per request (2), the pooled engine sends only the query (1).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from benchmarks import common, http
 
-SUFFIX = os.environ.get("DPB_TEST_DB_SUFFIX", "")
-BENCH_DB = f"dpb_bench_t{SUFFIX}"
+from .conftest import RUN_TAG
+
+#: Each xdist worker builds and drops the database in its own module fixture: its
+#: name carries the run's suffix and the worker's id (RUN_TAG), or one worker would
+#: drop it under another.
+BENCH_DB = f"dpb_bench_t{RUN_TAG}"
 
 WRK_OUTPUT = """Running 3s test @ http://127.0.0.1:4000/one/
   2 threads and 16 connections

@@ -144,3 +144,39 @@ def test_a_failed_installation_shows_apt_gets_output(workdir: Path) -> None:
         "Setting up libmariadb-dev (1:10.11.6-0+deb12u1) ...\n"
         "installing libmariadb-dev failed (output above)\n"
     )
+
+
+def test_run_line_passes_the_lines_expected_skips_and_suffix_to_pytest(workdir: Path) -> None:
+    """``run_line`` (one Django line's pytest run) reads the tools the line cannot
+    have from the virtualenv's ``.dpb-expected-skips`` (what ``capped_test_packages``
+    wrote) and gives them to pytest as DPB_EXPECTED_SKIPS, with the line's own test
+    database suffix. A stand-in python records what it was given instead of testing."""
+    venv = workdir / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / ".dpb-expected-skips").write_text(
+        "django-prometheus\tdjango-prometheus 2.5.0 requires Django<6.1\nother-tool\twhy\n"
+    )
+    python = venv / "bin" / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = -c ]; then echo "Python 3.13.0, Django 6.1.3"; exit 0; fi\n'
+        'echo "skips=$DPB_EXPECTED_SKIPS suffix=$DPB_TEST_DB_SUFFIX args=$*"\n'
+        "exit 3\n"
+    )
+    python.chmod(0o755)
+    proc = subprocess.run(
+        ["/bin/bash", "-c", ". ./dev && run_line venv _dj6 line.log -k cap"],
+        cwd=workdir,
+        env={"PATH": USER_PATH, "HOME": str(workdir), "DPB_TEST_DB_SUFFIX": "_mine"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 3  # pytest's exit status is the line's
+    assert (workdir / "line.log").read_text().splitlines() == [
+        "pytest with Python 3.13.0, Django 6.1.3 "
+        "(expected skips: django-prometheus,other-tool)",
+        "skips=django-prometheus,other-tool suffix=_mine_dj6 "
+        "args=-m pytest -p no:cacheprovider -k cap",
+    ]

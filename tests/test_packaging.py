@@ -1,6 +1,7 @@
 """The distribution as users get it: the wheel and sdist build, twine accepts them,
 the wheel carries everything the package loads at run time, and the code is lint
-clean. Skipped (with the reason) where the tools are not installed."""
+clean. Skipped (with the reason) where the tools are not installed, except under
+CI, which installs them (conftest's require_module)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ import pytest
 
 import django_poolbackend
 
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import ROOT, require_module, require_tool
+
 ENGINES = ["postgresql", "mysql", "sqlite3", "postgis", "mysql_gis"]
 
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: Any) -> dict[str, Path]:
-    pytest.importorskip("build", reason="pip install build")
+    require_module("build", "build", "the dev extra installs it")
     out = tmp_path_factory.mktemp("dist")
     # The sdist first, then the wheel from it: what `python -m build` does, so a
     # file missing from the sdist shows up as one missing from the wheel.
@@ -98,7 +100,7 @@ def test_sdist_can_run_the_suite_and_read_the_docs(dist: dict[str, Path]) -> Non
 
 
 def test_twine_accepts_both(dist: dict[str, Path]) -> None:
-    pytest.importorskip("twine", reason="pip install twine")
+    require_module("twine", "twine", "the dev extra installs it")
     result = subprocess.run(
         [
             sys.executable,
@@ -119,8 +121,8 @@ def test_twine_accepts_both(dist: dict[str, Path]) -> None:
 
 def test_ruff_is_clean_on_the_package() -> None:
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
-    if ruff is None:
-        pytest.skip("pip install ruff")
+    require_tool("ruff", ruff is not None, "the dev extra installs it")
+    assert ruff is not None  # for the type checker: require_tool() returned, so it is
     result = subprocess.run(
         [ruff, "check", "--no-cache", "django_poolbackend"],
         cwd=ROOT,
@@ -133,7 +135,7 @@ def test_ruff_is_clean_on_the_package() -> None:
 
 
 def test_mypy_strict_accepts_the_package() -> None:
-    pytest.importorskip("mypy", reason="pip install mypy django-stubs (the dev extra)")
+    require_module("mypy", "mypy", "pip install mypy django-stubs (the dev extra)")
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "django_poolbackend"],
         cwd=ROOT,

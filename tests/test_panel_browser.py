@@ -20,22 +20,31 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MYSQL_POOL_USER, ROOT, Server, free_port, server_env, stop, wait_listening
+from .conftest import (
+    MYSQL_POOL_USER,
+    ROOT,
+    Server,
+    free_port,
+    require_file,
+    require_module,
+    server_env,
+    stop,
+    wait_listening,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True, databases=["default", "mysql"]),
-    pytest.mark.skipif(
-        not os.path.exists(CHROMIUM),
-        reason=f"{CHROMIUM} is missing (Debian package chromium; ./dev installs it)",
-    ),
-]
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
+
+
+@pytest.fixture(autouse=True)
+def chromium_installed() -> None:
+    require_file(CHROMIUM, "chromium", "Debian package chromium; ./dev installs it")
 
 
 @pytest.fixture
 def toolbar_server(mysql_pool_user: None, tmp_path: Path) -> Iterator[Server]:
-    pytest.importorskip("debug_toolbar")
+    require_module("debug_toolbar", "django-debug-toolbar", "the dev extra installs it")
     from django.db import connections
 
     mysql = connections["mysql"].settings_dict

@@ -34,7 +34,7 @@ from django.utils.connection import ConnectionDoesNotExist
 from django_poolbackend import checks, pool_stats, registry
 from testproject.shop.models import Item
 
-from .conftest import ROOT, server_env, start_gunicorn, stop, wait_for
+from .conftest import ROOT, RUN_TAG, require_file, server_env, start_gunicorn, stop, wait_for
 from .servers import PrivatePgBouncer
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default"])
@@ -48,8 +48,7 @@ _numbers = itertools.count()
 
 @pytest.fixture(scope="module")
 def bouncer(django_db_setup: Any, django_db_blocker: Any) -> Iterator[PrivatePgBouncer]:
-    if not os.path.exists(PrivatePgBouncer.BINARY):
-        pytest.skip(f"{PrivatePgBouncer.BINARY} is missing (Debian package pgbouncer)")
+    require_file(PrivatePgBouncer.BINARY, "pgbouncer", "Debian package pgbouncer")
     with django_db_blocker.unblock():
         test_db = connections["default"].settings_dict["NAME"]
     server = PrivatePgBouncer(
@@ -430,10 +429,12 @@ def test_a_transaction_left_open_is_rolled_back_and_frees_the_server_session(bou
 
 
 def test_a_role_set_by_the_engine_leaks_to_other_clients_and_the_check_says_so(bouncer):
+    # Roles are server-wide: this run's and worker's own (RUN_TAG).
+    role = f"dpb_bouncer_role{RUN_TAG}"
     admin = psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True)
-    admin.execute("DROP ROLE IF EXISTS dpb_bouncer_role")
-    admin.execute("CREATE ROLE dpb_bouncer_role")
-    options = {**connections["default"].settings_dict["OPTIONS"], "assume_role": "dpb_bouncer_role"}
+    admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+    admin.execute(f'CREATE ROLE "{role}"')
+    options = {**connections["default"].settings_dict["OPTIONS"], "assume_role": role}
     try:
         with via_bouncer(bouncer, OPTIONS=options, DISABLE_SERVER_SIDE_CURSORS=True) as alias:
             messages = checks.server_messages(alias, connections[alias].settings_dict)
@@ -445,13 +446,13 @@ def test_a_role_set_by_the_engine_leaks_to_other_clients_and_the_check_says_so(b
             )
             with other:
                 row = other.execute("SELECT current_user, pg_backend_pid()").fetchone()
-            assert row == ("dpb_bouncer_role", pid)
+            assert row == (role, pid)
     finally:
         # Server sessions that now carry the role are PgBouncer's: close them all.
         bouncer.admin(f"KILL {TX_DB}")
         bouncer.admin(f"RESUME {TX_DB}")
         wait_for(lambda: servers_of(bouncer) == 0, what="PgBouncer's server sessions to close")
-        admin.execute("DROP ROLE dpb_bouncer_role")
+        admin.execute(f'DROP ROLE "{role}"')
         admin.close()
 
 
