@@ -2,11 +2,11 @@
 
 from typing import Any
 
-from .errors import PoolClosed, PoolTimeout
+from .errors import PoolClosed, PoolTimeout, TooManyRequests
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["PoolClosed", "PoolTimeout", "pool_stats"]
+__all__ = ["PoolClosed", "PoolTimeout", "TooManyRequests", "pool_stats"]
 
 
 def pool_stats(alias: str = "default") -> dict[str, Any]:

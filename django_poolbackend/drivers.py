@@ -15,8 +15,14 @@ import threading
 from time import monotonic
 from typing import Any
 
-#: What ``Driver.state()`` says of a connection being returned.
-IDLE, IN_TRANSACTION, BROKEN = 0, 1, 2
+from .core.maintenance import join_thread
+
+#: What ``Driver.state()`` says of a connection being returned. BUSY is one in
+#: the middle of a protocol exchange (a COPY, a result not read to its end, a
+#: pipeline): the driver may hold its own lock for it, so a rollback would wait
+#: forever, or the client library refuses every command ("Commands out of sync").
+#: Such a connection can only be closed, which is what the stock engine does.
+IDLE, IN_TRANSACTION, BROKEN, BUSY = 0, 1, 2, 3
 
 
 class Driver:
@@ -59,8 +65,9 @@ class Driver:
         raise NotImplementedError
 
     def state(self, conn: Any) -> int | None:
-        """IDLE, IN_TRANSACTION or BROKEN from client-side state (no round trip),
-        or None when the driver can't tell."""
+        """IDLE, IN_TRANSACTION, BROKEN or BUSY from client-side state (no round
+        trip, and without taking the driver's lock), or None when the driver can't
+        tell."""
         return None
 
     def autocommit(self, conn: Any) -> bool:
@@ -72,7 +79,8 @@ class Driver:
     def idle_in_autocommit(self, conn: Any) -> bool:
         """True when :meth:`state` would say IDLE and :meth:`autocommit` True: the
         common return, which needs no cleaning, answered in one call. False
-        whenever in doubt (the caller then asks the long way)."""
+        whenever in doubt (the caller then asks the long way), and always for a
+        BUSY connection."""
         return False
 
     def behind_proxy(self, conn: Any) -> bool:
@@ -92,6 +100,7 @@ class PsycopgDriver(Driver):
         self._empty_query = pq.ExecStatus.EMPTY_QUERY
         self._ok = pq.ConnStatus.OK
         self._idle = pq.TransactionStatus.IDLE
+        self._active = pq.TransactionStatus.ACTIVE
         self._command_ok = pq.ExecStatus.COMMAND_OK
         self._tuples_ok = pq.ExecStatus.TUPLES_OK
 
@@ -141,12 +150,31 @@ class PsycopgDriver(Driver):
         pgconn = conn.pgconn
         if pgconn.status != self._ok:
             return BROKEN
-        return IDLE if pgconn.transaction_status == self._idle else IN_TRANSACTION
+        status = pgconn.transaction_status
+        # ACTIVE: a command is under way (a COPY left open, a pipeline with queued
+        # commands), and psycopg holds its connection lock during a COPY, so
+        # rollback() would wait on it forever. A pipeline left open with nothing
+        # queued is IDLE to libpq, but every later command would go through it.
+        # And a lock held with the connection IDLE belongs to a thread still using
+        # it. None of these can be cleaned; closing needs no lock.
+        if status == self._active or pgconn.pipeline_status or conn.lock.locked():
+            return BUSY
+        return IDLE if status == self._idle else IN_TRANSACTION
 
     def idle_in_autocommit(self, conn: Any) -> bool:
         # libpq reports an unknown transaction status on a bad link, so IDLE
-        # also means the connection is fine.
-        return conn.pgconn.transaction_status == self._idle and conn.autocommit is True
+        # also means the connection is fine. A pipeline left open is IDLE too
+        # when nothing is queued in it: psycopg's own attribute for the pipeline
+        # entered says so, and reading it is cheaper than asking libpq.
+        try:
+            in_pipeline = conn._pipeline is not None
+        except AttributeError:  # a psycopg without it: ask libpq
+            in_pipeline = bool(conn.pgconn.pipeline_status)
+        return (
+            conn.pgconn.transaction_status == self._idle
+            and not in_pipeline
+            and conn.autocommit is True
+        )
 
     def full_reset(self, conn: Any, params: Any = None) -> None:
         # Straight through libpq, like the ping: psycopg would otherwise count the
@@ -168,6 +196,12 @@ class PsycopgDriver(Driver):
             to_flush = getattr(prepared, "_to_flush", None)
             if to_flush is not None:
                 to_flush.clear()
+        # DISCARD ALL includes UNLISTEN *, but notifications that already arrived
+        # wait in psycopg's backlog for the next notifies() call: the next request
+        # would receive what was meant for this one.
+        backlog = getattr(conn, "_notifies_backlog", None)
+        if backlog:
+            backlog.clear()
 
 
 class Psycopg2Driver(Driver):
@@ -183,10 +217,14 @@ class Psycopg2Driver(Driver):
     def state(self, conn: Any) -> int:
         if conn.closed:
             return BROKEN
-        # 0 is TRANSACTION_STATUS_IDLE; 4 (UNKNOWN) means the link is bad.
+        # 0 is TRANSACTION_STATUS_IDLE; 4 (UNKNOWN) means the link is bad; 1
+        # (ACTIVE), a command under way, is only seen on an asynchronous
+        # connection, which can't take a rollback either.
         status = conn.get_transaction_status()
         if status == 4:
             return BROKEN
+        if status == 1:
+            return BUSY
         return IDLE if status == 0 else IN_TRANSACTION
 
     def idle_in_autocommit(self, conn: Any) -> bool:
@@ -229,9 +267,13 @@ class MySQLdbDriver(Driver):
         status = self._server_status
         if status is None:
             status = self._server_status = _bind_server_status(conn)
-        if not status:
+        flags = status(conn) if status else None
+        if flags is not None and flags & _SERVER_STATUS_MORE_RESULTS_EXISTS:
+            return BUSY  # a result set of a multi-statement call is still to come
+        if not _ready(conn):
+            return BUSY
+        if flags is None:
             return None
-        flags = status(conn)
         if flags & _SERVER_STATUS_IN_TRANS or not flags & _SERVER_STATUS_AUTOCOMMIT:
             return IN_TRANSACTION
         return IDLE
@@ -246,7 +288,17 @@ class MySQLdbDriver(Driver):
         if not conn.open or not status:
             return False
         flags = status(conn)
-        return not flags & _SERVER_STATUS_IN_TRANS and bool(flags & _SERVER_STATUS_AUTOCOMMIT)
+        if flags & (_SERVER_STATUS_IN_TRANS | _SERVER_STATUS_MORE_RESULTS_EXISTS) or not (
+            flags & _SERVER_STATUS_AUTOCOMMIT
+        ):
+            return False
+        # _ready(), inlined: this is every request's return. (Calling the
+        # library's mysql_next_result() through ctypes instead, to keep the GIL
+        # that mysqlclient releases around it, measured dearer still.)
+        try:
+            return bool(conn.next_result() == -1)
+        except Exception:
+            return False
 
     def full_reset(self, conn: Any, params: Any) -> None:
         """Wipe the session, then redo the set-up the connect itself did.
@@ -446,19 +498,33 @@ class _Watchdogs:
     Disarmed entries are dropped lazily when they reach the top of the heap. The
     thread is started by the first bounded call and ends after a few idle seconds,
     so a quiet process runs no extra thread; in a forked child everything starts
-    afresh.
+    afresh. A fork with nothing armed stops the thread first (the next bounded call
+    starts another), so that a process that forks runs no thread of ours across
+    fork() and Python 3.12+ has no reason to warn about one.
     """
 
     def __init__(self) -> None:
         self._reinit()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._reinit)
+        self._fork_hook = False
 
     def _reinit(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[float, int, list[int]]] = []
         self._seq = 0
         self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def _stop_if_idle(self) -> None:
+        """Before fork(): end the thread and wait for it, unless a call is being
+        watched (then another thread of the process is in a database call anyway,
+        and the child starts afresh whatever happens)."""
+        with self._cond:
+            thread = self._thread
+            if thread is None or any(entry[1] == _ARMED for _, _, entry in self._heap):
+                return
+            self._stopping = True
+            self._cond.notify()
+        join_thread(thread, 1.0)
 
     def arm(self, fd: int, timeout: float) -> list[int]:
         entry = [fd, _ARMED]
@@ -470,6 +536,13 @@ class _Watchdogs:
             if not self._heap or deadline < self._heap[0][0]:
                 self._cond.notify()
             heapq.heappush(self._heap, (deadline, self._seq, entry))
+            self._stopping = False
+            if not self._fork_hook and hasattr(os, "register_at_fork"):
+                # Registered at first use, like the registry's own hooks, so it runs
+                # before any "before fork" hook registered earlier (they run in
+                # reverse order).
+                self._fork_hook = True
+                os.register_at_fork(before=self._stop_if_idle, after_in_child=self._reinit)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="django_poolbackend watchdog", daemon=True
@@ -496,7 +569,7 @@ class _Watchdogs:
                         _shutdown(entry[0])
                 if heap:
                     cond.wait(heap[0][0] - now)
-                elif not cond.wait(_WATCHDOG_IDLE_EXIT) and not heap:
+                elif self._stopping or (not cond.wait(_WATCHDOG_IDLE_EXIT) and not heap):
                     # Nothing to watch for a while: end, so that a quiet process
                     # (a Gunicorn master about to fork) runs no extra thread.
                     self._thread = None
@@ -544,9 +617,31 @@ def _bind_reset_connection(conn: Any) -> Any:
 
 
 #: MARIADB_CONNECTION_SERVER_STATUS in mysql.h's enum mariadb_value, and the
-#: SERVER_STATUS_IN_TRANS / SERVER_STATUS_AUTOCOMMIT flags of the protocol.
+#: SERVER_STATUS_IN_TRANS / SERVER_STATUS_AUTOCOMMIT / SERVER_MORE_RESULTS_EXISTS
+#: flags of the protocol.
 _MARIADB_CONNECTION_SERVER_STATUS = 30
 _SERVER_STATUS_IN_TRANS, _SERVER_STATUS_AUTOCOMMIT = 1, 2
+_SERVER_STATUS_MORE_RESULTS_EXISTS = 8
+
+
+def _ready(conn: Any) -> bool:
+    """Whether the client library would accept a command on this mysqlclient
+    connection: no result is left half read (an unbuffered ``SSCursor`` or
+    ``use_result()`` not read to its end).
+
+    The library keeps that state in its ``MYSQL`` struct and publishes it
+    nowhere, but mysql_next_result() reads it first: on a connection that is not
+    ready it fails with "Commands out of sync" (2014) at once, without I/O. With
+    no further result set announced (the caller has checked the server's
+    SERVER_MORE_RESULTS_EXISTS flag where the library exposes it) it returns -1,
+    again without I/O, having only cleared the last error and the affected-rows
+    count, which nobody reads between two requests. 0 means another result set
+    was waiting, and is now read and waiting in turn: not ready either.
+    """
+    try:
+        return bool(conn.next_result() == -1)
+    except Exception:
+        return False
 
 
 def _bind_server_status(conn: Any) -> Any:

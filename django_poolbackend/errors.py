@@ -1,7 +1,9 @@
 """The errors a Django user can catch.
 
-Both are ``django.db.utils.OperationalError`` subclasses, so code that already
-handles Django's database errors handles pool exhaustion too.
+All are ``django.db.utils.OperationalError`` subclasses, so code that already
+handles Django's database errors handles pool exhaustion too. ``TooManyRequests``
+is a ``PoolTimeout``, so ``except PoolTimeout`` catches a ``max_waiting``
+rejection as well.
 """
 
 from django.db.utils import OperationalError
@@ -11,6 +13,13 @@ from .core import errors as core
 
 class PoolTimeout(core.PoolTimeout, OperationalError):
     """No pooled connection became free in time (or too many requests waited)."""
+
+    __module__ = "django_poolbackend"
+
+
+class TooManyRequests(PoolTimeout, core.TooManyRequests):
+    """``POOL['max_waiting']`` requests were already waiting, so this one failed at
+    once instead of waiting."""
 
     __module__ = "django_poolbackend"
 

@@ -28,17 +28,21 @@ from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.signals import connection_created
 from django.utils.module_loading import import_string
+from django.views.decorators.debug import sensitive_variables
 
 from . import conf, drivers, publish, registry
 from . import recorder as _recorder
 from .core import Pool, Slot
-from .errors import PoolClosed, PoolTimeout
+from .core.pool import Owner, thread_token
+from .errors import PoolClosed, PoolTimeout, TooManyRequests
 
 logger = logging.getLogger("django_poolbackend")
 
 _drivers: dict[str, drivers.Driver] = {}
 #: The registry's dict itself (never rebound), one lookup closer for connect().
 _pools = registry.pools
+#: Never the value of a PASSWORD, so a new wrapper's first connect digests it.
+_NO_PASSWORD = object()
 
 
 if TYPE_CHECKING:
@@ -56,6 +60,13 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
     _dpb_failed_check = False
     #: The pool whose remembered wrapper attributes this wrapper has applied.
     _dpb_synced: Pool | None = None
+    #: The PASSWORD object last digested, and its digest (see connect()).
+    _dpb_password: object = None
+    _dpb_password_digest = b""
+    #: What a checkout stores as its slot's owner: the thread_token() of the
+    #: thread that made this wrapper (Django binds a wrapper to that thread), or
+    #: None while the wrapper is shared between threads (inc_thread_sharing()).
+    _dpb_owner: Owner | None = None
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
         settings_dict, config = conf.prepare(settings_dict, alias)
@@ -69,6 +80,40 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
         if driver is None:
             driver = _drivers.setdefault(module, drivers.for_module(database))
         self._dpb_driver = driver
+        self._dpb_thread = self._dpb_owner = thread_token()
+        self._dpb_password = _NO_PASSWORD
+
+    @sensitive_variables("password")
+    def _dpb_digest_password(self) -> bytes:
+        """The pool-key digest of PASSWORD, remembered with the object it came from.
+
+        The only frame on the checkout path with the password in a local; it is
+        marked sensitive for Django's error reports, and nothing in it is expected
+        to fail.
+        """
+        password = self.settings_dict["PASSWORD"]
+        digest = registry.password_digest(password)
+        self._dpb_password_digest = digest
+        self._dpb_password = password
+        return digest
+
+    def inc_thread_sharing(self) -> None:
+        """A connection shared between threads (LiveServerTestCase, a test that
+        hands its connection to a thread) outlives any one of them: while shared,
+        the pool never reclaims it when a thread ends."""
+        super().inc_thread_sharing()
+        self._dpb_owner = None
+        slot = self._dpb_slot
+        if slot is not None:
+            slot.owner = None
+
+    def dec_thread_sharing(self) -> None:
+        """Sharing over: later checkouts belong to the wrapper's own thread again.
+        The current one stays unowned until it is returned, since another thread
+        may still be finishing with it."""
+        super().dec_thread_sharing()
+        if not self.allow_thread_sharing:
+            self._dpb_owner = self._dpb_thread
 
     # -- checkout ---------------------------------------------------------------
 
@@ -83,9 +128,13 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
         if self._dpb_slot is not None:
             # connect() on a connected wrapper: give the old one back first.
             self._close()
-        settings_dict = self.settings_dict
         # What BaseDatabaseWrapper.connect() resets, in the same order.
         self.check_settings()
+        # No local of this frame may hold the password when an error leaves it
+        # (Django's debug page and error reporters show every frame's locals):
+        # the settings dict is read into plain values and deleted before anything
+        # here can fail, and the pool key holds a digest of the password.
+        settings_dict = self.settings_dict
         self.in_atomic_block = False
         self.savepoint_ids = []
         self.atomic_blocks = []
@@ -97,6 +146,7 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
         self.closed_in_transaction = False
         self.errors_occurred = False
         self.health_check_done = True
+        autocommit = settings_dict["AUTOCOMMIT"]
 
         # This alias's pool, for the settings as they are now (the test runner
         # renames NAME in place) and in this process (a fork that bypassed
@@ -107,15 +157,21 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
             settings_dict["HOST"],
             settings_dict["PORT"],
             self.timezone_name,
-            # Compared, never shown: a corrected password gets a pool of its own
-            # instead of the old one's connect back-off.
-            settings_dict["PASSWORD"],
+            # A corrected password gets a pool of its own, so it does not inherit
+            # the old pool's connect back-off. The digest is computed again only
+            # when the password object changes.
+            self._dpb_password_digest
+            if settings_dict["PASSWORD"] is self._dpb_password
+            else self._dpb_digest_password(),
         )
+        del settings_dict
         pool = _pools.get(self.alias)
         if pool is None or pool.key != key or pool.pid != getpid():
             pool = registry.get(self.alias, key, self._dpb_new_pool)
-        options = settings_dict["OPTIONS"]
-        if options is not pool.extra["options_of"] and options != pool.extra["options"]:
+        options = self.settings_dict["OPTIONS"]
+        other_options = options is not pool.extra["options_of"] and options != pool.extra["options"]
+        del options  # OPTIONS can hold secrets too (sslpassword, MySQL's password)
+        if other_options:
             # Another wrapper of this alias with other OPTIONS (connection.copy()
             # and a changed isolation level, role, …): the pool's connections were
             # set up with the pool's, so this one gets a connection of its own,
@@ -127,10 +183,13 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
         else:
             slot = pool.getconn(self._dpb_open)
         self._dpb_slot = slot
+        # The thread this wrapper belongs to, so that the pool can reclaim the
+        # connection if that thread ends holding it (None while shared).
+        slot.owner = self._dpb_owner
         if self.connection is None:
             # Reused: set up when it was opened; only our side needs syncing.
             self.connection = slot.conn
-            self.autocommit = settings_dict["AUTOCOMMIT"]
+            self.autocommit = autocommit
             if self._dpb_synced is not pool:
                 self.__dict__.update(pool.extra.get("wrapper_state", ()))
                 self._dpb_synced = pool
@@ -167,6 +226,11 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
         config = self._dpb_config
         if isinstance(config, ImproperlyConfigured):
             raise ImproperlyConfigured(str(config))
+        from .checks import log_settings_warnings
+
+        # W001/W006 also reach the log of a project that never runs the checks
+        # (once per process and alias; no I/O beyond the log line).
+        log_settings_warnings(self.alias, self.settings_dict)
         registry.add_fork_hook(_forget_inherited_connections)
         pool = Pool(
             config,
@@ -175,6 +239,8 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
             key=key,
             timeout_error=PoolTimeout,
             closed_error=PoolClosed,
+            rejected_error=TooManyRequests,
+            hint=_ExhaustionHint(self.alias, self.settings_dict),
         )
         pool.background_opener = _background_opener(
             type(self), copy.deepcopy(self.settings_dict), self.alias, pool
@@ -189,7 +255,16 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
 
     def _dpb_open(self) -> Any:
         """The pool's opener: one new physical connection, fully set up."""
-        conn = self.get_new_connection(self._dpb_params())
+        try:
+            conn = self.get_new_connection(self._dpb_params())
+        except Exception as exc:
+            # The frames below this one (Django's get_connection_params() and
+            # get_new_connection(), the connect_params hook, the driver's connect)
+            # hold the connection parameters, password included, in their locals,
+            # and Django's debug page and error reporters show every frame's
+            # locals. They are cut from the error (and from what it chains to);
+            # its type and message, all a caller needs, stay.
+            raise _without_inner_frames(exc)  # noqa: B904 - the same error, raised again
         self.connection = conn
         try:
             self._dpb_initialise()
@@ -306,6 +381,11 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
         state = self._dpb_driver.state(conn)
         if state == drivers.BROKEN:
             return "broken", False
+        if state == drivers.BUSY:
+            # Mid-COPY, a result not read to its end, a pipeline: a rollback would
+            # wait on the driver's lock forever or fail out of sync. Closing is
+            # what the stock engine does, and it takes no lock.
+            return "busy", False
         # The driver's own autocommit flag, client-side (mysqlclient reads it from
         # the server's last reply): unlike Django's view, it also sees a raw
         # "SET autocommit = 0" or psycopg's attribute set behind Django's back.
@@ -416,6 +496,61 @@ class PooledDatabaseWrapperMixin(_WrapperBase):
         parent = getattr(super(), "close_pool", None)
         if parent is not None:
             parent()
+
+
+_POOL_HINT = (
+    "Raise POOL['max_size'] (within the server's connection limit) or "
+    "POOL['timeout'], keep work that holds a connection short, or set "
+    "POOL['leak_timeout'] to find code that holds one too long."
+)
+
+
+class _ExhaustionHint:
+    """The advice a ``PoolTimeout`` ends with, read from the alias's settings when
+    the checkout fails (the core pool names no Django setting).
+
+    A class rather than a closure: a closure's variables show among its frame's
+    locals, and the settings hold the password.
+    """
+
+    __slots__ = ("alias", "settings_dict")
+
+    def __init__(self, alias: str, settings_dict: dict[str, Any]) -> None:
+        self.alias = alias
+        self.settings_dict = settings_dict
+
+    def __call__(self) -> str:
+        max_age = self.settings_dict.get("CONN_MAX_AGE", 0)
+        if max_age == 0:
+            return _POOL_HINT
+        # The most common cause: every thread keeps its connection between
+        # requests, so a pool smaller than the thread count runs dry.
+        return (
+            f"DATABASES[{self.alias!r}]['CONN_MAX_AGE'] is {max_age!r}, so each thread "
+            "keeps its connection out of the pool between requests, busy or not: "
+            "set it to 0, so that connections go back to the pool at the end of "
+            "each request (the pool keeps them open). " + _POOL_HINT
+        )
+
+
+def _without_inner_frames(exc: BaseException) -> BaseException:
+    """*exc* with no traceback below the frame that raises it again, and none on
+    the exceptions it chains to (their frames are the same kind)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        cause = link.__cause__
+        if cause is not None and id(cause) not in seen:
+            _without_inner_frames(cause)
+        link = link.__context__
+    exc.add_note(
+        "django_poolbackend: the frames below the pool's connect were removed from "
+        "this traceback: their variables hold the connection parameters, the "
+        "password among them."
+    )
+    return exc
 
 
 def application_name(alias: str, pid: int) -> str:

@@ -7,8 +7,11 @@ pool is made (process-wide, so a forked child inherits them).
 from __future__ import annotations
 
 import atexit
+import hashlib
+import hmac
 import logging
 import os
+import secrets
 import sys
 import threading
 import weakref
@@ -34,6 +37,22 @@ _exit_hooks_pid = 0
 _maintainer: Maintainer | None = None
 #: The app configs whose ready() had run when this process last looked.
 _app_configs_seen: weakref.WeakSet[Any] = weakref.WeakSet()
+#: The key of password digests: random, made once per process (a forked child keeps
+#: its parent's, so the digests its inherited wrappers remember stay valid).
+_DIGEST_KEY = secrets.token_bytes(32)
+
+
+def password_digest(password: object) -> bytes:
+    """What a pool key holds instead of the password: an HMAC-SHA256 of it.
+
+    Keyed with a random per-process key, so a digest seen anywhere (a debugger, a
+    dump of the pool key) cannot be checked against guessed passwords, while equal
+    passwords still give equal digests within the process, and a corrected
+    password a pool of its own.
+    """
+    text = password if isinstance(password, str | bytes) else str(password)
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    return hmac.new(_DIGEST_KEY, data, hashlib.sha256).digest()
 
 
 def get(alias: str, key: Any, factory: Callable[[Any], Pool]) -> Pool:

@@ -1237,3 +1237,436 @@ def test_close_everything_racing_discard() -> None:
     assert s["size"] == 0  # core: -1
     assert s["closed"] == 1  # core: 2 ("broken" and "pool_closed")
     assert slot.conn.close_calls == 1  # core: 2
+
+
+# -- interrupted checkouts: nothing is lost, whatever interrupts ---------------------
+
+
+class Interrupted(Exception):
+    """What the signal handlers below raise (a stand-in for Celery's
+    SoftTimeLimitExceeded, KeyboardInterrupt, gevent's Timeout)."""
+
+
+def interrupt_main_thread_when(
+    predicate: Callable[[], bool], before_raise: Callable[[], None] | None = None
+) -> threading.Thread:
+    """Install a SIGUSR1 handler that runs *before_raise* and raises Interrupted,
+    and send SIGUSR1 to the main thread once *predicate* holds. Returns the thread
+    that sends it; the caller restores the handler (see restore_sigusr1)."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        if before_raise is not None:
+            before_raise()
+        raise Interrupted("interrupted by a signal")
+
+    signal.signal(signal.SIGUSR1, handler)
+
+    def send() -> None:
+        wait_until(predicate)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    return sender
+
+
+@pytest.fixture
+def restore_sigusr1() -> Any:
+    import signal
+
+    assert threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGUSR1)
+    yield
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def figures(pool: Pool) -> tuple[int, int, int, int]:
+    s = pool.stats()
+    consistent(s)
+    return s["size"], s["idle"], s["in_use"], s["waiting"]
+
+
+def test_a_signal_interrupting_a_wait_takes_the_waiter_out_of_the_queue(
+    restore_sigusr1: None,
+) -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=DEADLINE)
+    holder = pool.getconn(driver.opener())
+    sender = interrupt_main_thread_when(lambda: pool.stats()["waiting"] == 1)
+    with pytest.raises(Interrupted):
+        pool.getconn(driver.opener())
+    sender.join(DEADLINE)
+    assert figures(pool) == (1, 0, 1, 0)
+    # The returned connection is not handed to the interrupted waiter.
+    pool.putconn(holder)
+    assert figures(pool) == (1, 1, 0, 0)
+    assert pool.getconn(driver.opener(), timeout=0) is holder
+    s = pool.stats()
+    assert (s["requests"], s["checkouts"], s["connects"]) == (3, 2, 1)
+
+
+def test_a_connection_handed_to_an_interrupted_waiter_goes_back_to_the_idle_stack(
+    restore_sigusr1: None,
+) -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=DEADLINE)
+    holder = pool.getconn(driver.opener())
+    # The handler returns the connection (a hand-off to this very waiter) before
+    # it raises: the exception arrives after the hand-off.
+    sender = interrupt_main_thread_when(
+        lambda: pool.stats()["waiting"] == 1, before_raise=lambda: pool.putconn(holder)
+    )
+    with pytest.raises(Interrupted):
+        pool.getconn(driver.opener())
+    sender.join(DEADLINE)
+    assert figures(pool) == (1, 1, 0, 0)
+    assert pool.getconn(driver.opener(), timeout=0) is holder
+    assert holder.uses == 2  # the interrupted checkout did not count as a use
+    assert pool.stats()["checkouts"] == 2
+
+
+def test_a_connection_handed_to_an_interrupted_waiter_goes_to_the_next_waiter(
+    restore_sigusr1: None,
+) -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=DEADLINE)
+    holder = pool.getconn(driver.opener())
+    second = Worker(lambda: pool.getconn(driver.opener()))
+
+    def queue_the_second() -> bool:
+        # The main thread queues first; the worker queues behind it.
+        if pool.stats()["waiting"] == 1 and not second.is_alive() and second.ident is None:
+            second.start()
+        return pool.stats()["waiting"] == 2
+
+    sender = interrupt_main_thread_when(queue_the_second, before_raise=lambda: pool.putconn(holder))
+    with pytest.raises(Interrupted):
+        pool.getconn(driver.opener())
+    sender.join(DEADLINE)
+    assert second.finish() is holder and second.error is None
+    assert figures(pool) == (1, 0, 1, 0)
+    assert driver.created == [holder.conn]
+
+
+def test_capacity_handed_to_an_interrupted_waiter_is_given_back(restore_sigusr1: None) -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=DEADLINE)
+    holder = pool.getconn(driver.opener())
+    # A discarded connection hands its capacity (not a connection) to the waiter.
+    sender = interrupt_main_thread_when(
+        lambda: pool.stats()["waiting"] == 1,
+        before_raise=lambda: pool.putconn(holder, discard="broken"),
+    )
+    with pytest.raises(Interrupted):
+        pool.getconn(driver.opener())
+    sender.join(DEADLINE)
+    assert figures(pool) == (0, 0, 0, 0)
+    fresh = pool.getconn(driver.opener("fresh"), timeout=0)
+    assert fresh.conn.tag == "fresh"
+    assert figures(pool) == (1, 0, 1, 0)
+
+
+def test_a_wait_that_raises_at_once_loses_nothing() -> None:
+    # threading refuses a negative timeout with ValueError (and, before the
+    # clamp, one above TIMEOUT_MAX with OverflowError): the same clean-up runs.
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=DEADLINE)
+    holder = pool.getconn(driver.opener())
+    with pytest.raises(ValueError):
+        pool.getconn(driver.opener(), timeout=-2.0)
+    assert figures(pool) == (1, 0, 1, 0)
+    pool.putconn(holder)
+    assert figures(pool) == (1, 1, 0, 0)
+
+
+def test_a_timeout_above_threading_timeout_max_waits_instead_of_overflowing() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=DEADLINE)
+    holder = pool.getconn(driver.opener())
+    patient = Worker(lambda: pool.getconn(driver.opener(), timeout=threading.TIMEOUT_MAX * 2))
+    patient.start()
+    wait_for_waiters(pool, 1)
+    pool.putconn(holder)
+    assert patient.finish() is holder and patient.error is None
+    assert figures(pool) == (1, 0, 1, 0)
+
+
+def test_an_opener_interrupted_with_handed_capacity_passes_it_on() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=DEADLINE)
+    holder = pool.getconn(driver.opener())
+
+    def interrupted_opener() -> FakeConnection:
+        raise KeyboardInterrupt
+
+    first = Worker(lambda: pool.getconn(interrupted_opener))
+    first.start()
+    wait_for_waiters(pool, 1)
+    second = Worker(lambda: pool.getconn(driver.opener("second")))
+    second.start()
+    wait_for_waiters(pool, 2)
+    pool.putconn(holder, discard="broken")  # capacity to `first`, whose opener raises
+    first.finish()
+    assert isinstance(first.error, KeyboardInterrupt)
+    assert second.finish().conn.tag == "second"
+    assert figures(pool) == (1, 0, 1, 0)
+    assert pool.stats()["connect_backoffs"] == 0  # a BaseException is no server failure
+
+
+def test_an_interrupt_between_connect_and_bookkeeping_closes_the_connection() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, leak_timeout=60)
+
+    def interrupted(slot: Slot) -> None:
+        raise KeyboardInterrupt
+
+    pool._note_checkout = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        pool.getconn(driver.opener("opened"))
+    (opened,) = driver.created
+    assert opened.closed
+    assert figures(pool) == (0, 0, 0, 0)
+    assert pool.stats()["checkouts"] == 0
+
+
+def test_an_interrupted_ping_discards_the_connection_and_frees_its_capacity() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, pre_ping=True)
+    slot = pool.getconn(driver.opener())
+    pool.putconn(slot)
+
+    def interrupted_ping(conn: FakeConnection, timeout: float | None = None) -> None:
+        raise KeyboardInterrupt
+
+    driver.ping = interrupted_ping  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        pool.getconn(driver.opener())
+    assert slot.conn.closed
+    assert figures(pool) == (0, 0, 0, 0)
+    assert pool.stats()["closed_by_reason"] == {"ping_failed": 1}
+
+
+def test_an_interrupted_close_while_replacing_a_stale_connection_frees_its_capacity() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, max_lifetime=0.05)
+    slot = pool.getconn(driver.opener())
+    pool.putconn(slot)
+    wait_until(lambda: time.monotonic() >= slot.expires)
+    real_close = driver.close
+
+    def interrupted_close(conn: FakeConnection) -> None:
+        real_close(conn)
+        raise KeyboardInterrupt
+
+    driver.close = interrupted_close  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        pool.getconn(driver.opener())
+    driver.close = real_close  # type: ignore[method-assign]
+    assert figures(pool) == (0, 0, 0, 0)
+    assert pool.getconn(driver.opener("next"), timeout=0).conn.tag == "next"
+
+
+# -- connections of threads that ended ---------------------------------------------
+
+
+def checkout_in_a_thread_that_ends(pool: Pool, driver: FakeDriver, tag: str) -> Slot:
+    """A thread checks a connection out, as the Django layer does (owner set), and
+    ends without returning it."""
+    got: list[Slot] = []
+
+    def run() -> None:
+        slot = pool.getconn(driver.opener(tag))
+        slot.owner = pool_module.thread_token()
+        got.append(slot)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(DEADLINE)
+    assert not thread.is_alive()
+    return got[0]
+
+
+@pytest.fixture
+def no_gc() -> Any:
+    import gc
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    yield
+    if was_enabled:
+        gc.enable()
+
+
+def test_a_waiting_checkout_reclaims_the_connection_of_a_thread_that_ended(no_gc: None) -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=DEADLINE)
+    lost = checkout_in_a_thread_that_ends(pool, driver, "lost")
+    started = time.monotonic()
+    slot = pool.getconn(driver.opener("new"))
+    assert time.monotonic() - started < DEADLINE / 2
+    assert slot.conn.tag == "new"
+    assert lost.closed and lost.conn.closed
+    s = pool.stats()
+    assert s["closed_by_reason"] == {"leaked": 1}
+    assert figures(pool) == (1, 0, 1, 0)
+    assert s["timeouts"] == 0
+
+
+def test_maintenance_reclaims_the_connection_of_a_thread_that_ended(no_gc: None) -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=2)
+    lost = checkout_in_a_thread_that_ends(pool, driver, "lost")
+    assert figures(pool) == (1, 0, 1, 0)
+    pool.maintain()
+    assert lost.conn.closed
+    assert figures(pool) == (0, 0, 0, 0)
+    assert pool.stats()["closed_by_reason"] == {"leaked": 1}
+
+
+def test_reclaimed_capacity_goes_to_the_oldest_waiter(no_gc: None) -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1, timeout=DEADLINE)
+    release = threading.Event()
+    got: list[Slot] = []
+
+    def hold_then_end() -> None:
+        got.append(pool.getconn(driver.opener("lost")))
+        got[0].owner = pool_module.thread_token()
+        release.wait(DEADLINE)
+
+    holder = threading.Thread(target=hold_then_end)
+    holder.start()
+    wait_until(lambda: bool(got))
+    # Queued while the owner is alive: nothing to reclaim yet.
+    first = Worker(lambda: pool.getconn(driver.opener("first")))
+    first.start()
+    wait_for_waiters(pool, 1)
+    release.set()
+    holder.join(DEADLINE)
+    pool.maintain()  # the tick that finds the owner gone
+    assert first.finish().conn.tag == "first"
+    assert figures(pool) == (1, 0, 1, 0)
+
+
+def test_a_connection_without_an_owner_is_never_reclaimed(no_gc: None) -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1)
+    got: list[Slot] = []
+    thread = threading.Thread(target=lambda: got.append(pool.getconn(driver.opener())))
+    thread.start()
+    thread.join(DEADLINE)
+    pool.maintain()
+    with pytest.raises(PoolTimeout):
+        pool.getconn(driver.opener(), timeout=0.05)
+    assert not got[0].closed and not got[0].conn.closed
+    assert figures(pool) == (1, 0, 1, 0)
+
+
+def test_a_live_owner_is_never_reclaimed() -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1)
+    slot = pool.getconn(driver.opener())
+    slot.owner = pool_module.thread_token()
+    pool.maintain()
+    with pytest.raises(PoolTimeout):
+        pool.getconn(driver.opener(), timeout=0.05)
+    assert not slot.closed
+
+
+def test_putconn_clears_the_owner(no_gc: None) -> None:
+    # An idle connection keeps no owner, so a thread that ended after returning
+    # its connection never makes the pool close it (or its next borrower's).
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=1)
+    returned: list[Slot] = []
+
+    def run() -> None:
+        slot = pool.getconn(driver.opener())
+        slot.owner = pool_module.thread_token()
+        pool.putconn(slot)
+        returned.append(slot)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(DEADLINE)
+    assert returned[0].owner is None
+    again = pool.getconn(driver.opener(), timeout=0)
+    pool.maintain()
+    assert again is returned[0] and not again.closed
+
+
+def test_close_closes_the_connections_of_threads_that_ended(no_gc: None) -> None:
+    driver = FakeDriver()
+    pool = make_pool(driver, max_size=2)
+    lost = checkout_in_a_thread_that_ends(pool, driver, "lost")
+    busy = pool.getconn(driver.opener("busy"))
+    busy.owner = pool_module.thread_token()
+    pool.close()
+    assert lost.conn.closed  # it would never have come back
+    assert not busy.conn.closed  # closed when it comes back
+    assert pool.stats()["closed_by_reason"] == {"leaked": 1}
+    pool.putconn(busy)
+    assert busy.conn.closed
+    assert figures(pool) == (0, 0, 0, 0)
+
+
+def test_the_thread_token_dies_with_its_thread_without_gc(no_gc: None) -> None:
+    tokens: list[Any] = []
+    thread = threading.Thread(target=lambda: tokens.extend([pool_module.thread_token()] * 2))
+    thread.start()
+    thread.join(DEADLINE)
+    assert tokens[0] is tokens[1]
+    assert tokens[0]() is None
+    assert pool_module.thread_token() is pool_module.thread_token()
+    assert pool_module.thread_token()() is not None
+
+
+# -- the advice in a timeout message comes from the layer above ------------------------
+
+
+def test_the_core_names_no_setting_and_adds_the_hint_it_is_given() -> None:
+    from django_poolbackend.core import TooManyRequests
+
+    driver = FakeDriver()
+    plain = make_pool(driver, max_size=1)
+    held = plain.getconn(driver.opener())
+    with pytest.raises(PoolTimeout) as info:
+        plain.getconn(driver.opener(), timeout=0)
+    assert str(info.value) == (
+        "couldn't get a connection to database 'x' after waiting 0.0 s: 1 connections "
+        "are in use (max_size=1) and 0 other requests are waiting."
+    )
+    plain.putconn(held)
+    hinted = Pool(
+        PoolConfig.from_mapping({"max_size": 1, "max_waiting": 1}),
+        driver,
+        name="h",
+        hint=lambda: "Do this.",
+    )
+    held = hinted.getconn(driver.opener())
+    with pytest.raises(PoolTimeout) as info:
+        hinted.getconn(driver.opener(), timeout=0)
+    assert str(info.value).endswith("0 other requests are waiting. Do this.")
+    queued = Worker(lambda: hinted.getconn(driver.opener()))
+    queued.start()
+    wait_for_waiters(hinted, 1)
+    with pytest.raises(TooManyRequests) as rejected:
+        hinted.getconn(driver.opener())
+    assert isinstance(rejected.value, PoolTimeout)
+    assert str(rejected.value) == (
+        "couldn't get a connection to database 'h': 1 requests are already waiting "
+        "(max_waiting=1) and all 1 connections (max_size=1) are in use. Do this."
+    )
+    hinted.putconn(held)
+    queued.finish()
+
+
+def test_core_source_mentions_no_django_setting() -> None:
+    import inspect
+
+    from django_poolbackend import core
+
+    for module in (pool_module, core.errors):
+        source = inspect.getsource(module)
+        assert "POOL[" not in source and "CONN_MAX_AGE" not in source, module.__name__

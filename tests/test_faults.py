@@ -30,7 +30,7 @@ from django_poolbackend.core import pool as pool_module
 from django_poolbackend.mysql.base import DatabaseWrapper as MySQLWrapper
 from django_poolbackend.postgresql.base import DatabaseWrapper as PGWrapper
 
-from .conftest import wait_for
+from .conftest import free_port, wait_for
 from .proxy import Proxy
 from .servers import PrivateMariaDB, PrivatePostgres
 
@@ -616,4 +616,38 @@ def test_a_corrected_password_connects_at_once_despite_the_back_off():
         assert registry.stats(alias)["connect_backoffs"] == 0
     finally:
         wrapper.close()
+        registry.retire(alias)
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
+@pytest.mark.parametrize("base_alias", ["default", "mysql"])
+def test_the_back_off_note_is_on_the_drivers_error_under_djangos(base_alias):
+    """Inside the connect back-off a checkout raises a copy of the last connect
+    error with a note. Django wraps every driver error in its own class, with the
+    driver's as ``__cause__``: the note is there (and in the printed traceback),
+    not on the exception the request catches. docs/failure-behaviour.md says so."""
+    port = free_port()  # nothing listens there: connection refused
+    base = connections[base_alias].settings_dict
+    settings_dict = {**base, "HOST": "127.0.0.1", "PORT": str(port), "POOL": {"max_size": 2}}
+    wrapper_class = PGWrapper if base_alias == "default" else MySQLWrapper
+    alias = f"dpb_fault_note{next(_aliases)}"
+    try:
+        for _attempt in ("dials", "backs off"):
+            wrapper = wrapper_class(dict(settings_dict), alias)
+            with pytest.raises(OperationalError) as info:
+                wrapper.ensure_connection()
+        error = info.value
+        assert type(error) is OperationalError  # django.db.utils', not the driver's
+        assert not getattr(error, "__notes__", None)
+        # The copy also carries the note of the connect it copies (the frames cut
+        # for the password's sake), but one back-off note only.
+        notes = [
+            note
+            for note in error.__cause__.__notes__
+            if note.startswith("django_poolbackend: no connection attempt was made;")
+        ]
+        assert len(notes) == 1, error.__cause__.__notes__
+        assert isinstance(error.__cause__, DRIVER_ERRORS[wrapper.vendor])
+        assert registry.pools[alias].stats()["connect_backoffs"] == 1
+    finally:
         registry.retire(alias)

@@ -297,3 +297,63 @@ def test_closing_right_after_an_error_discards_a_dead_connection(make_pooled, ve
     wrapper.close()
     assert pooled.backend_id(wrapper) != dead
     wrapper.close()
+
+
+@pytest.mark.parametrize("max_age", [None, 60])
+def test_pool_timeout_names_conn_max_age_when_threads_keep_connections(
+    make_pooled, vendor, max_age
+):
+    pooled = make_pooled(vendor, max_size=1, timeout=0.2)
+    pooled.settings_dict["CONN_MAX_AGE"] = max_age
+    holder = pooled.wrapper()
+    pooled.backend_id(holder)
+    with pytest.raises(PoolTimeout) as info:
+        pooled.wrapper().ensure_connection()
+    alias = pooled.alias
+    assert str(info.value) == (
+        f"couldn't get a connection to database {alias!r} after waiting 0.2 s: "
+        "1 connections are in use (max_size=1) and 0 other requests are waiting. "
+        f"DATABASES[{alias!r}]['CONN_MAX_AGE'] is {max_age!r}, so each thread keeps its "
+        "connection out of the pool between requests, busy or not: set it to 0, so "
+        "that connections go back to the pool at the end of each request (the pool "
+        "keeps them open). Raise POOL['max_size'] (within the server's connection "
+        "limit) or POOL['timeout'], keep work that holds a connection short, or set "
+        "POOL['leak_timeout'] to find code that holds one too long."
+    )
+    holder.close()
+
+
+def test_pool_timeout_and_rejection_messages_with_conn_max_age_zero(make_pooled, vendor):
+    from django_poolbackend import TooManyRequests
+
+    pooled = make_pooled(vendor, max_size=1, timeout=0.2, max_waiting=1)
+    holder = pooled.wrapper()
+    pooled.backend_id(holder)
+    advice = (
+        "Raise POOL['max_size'] (within the server's connection limit) or "
+        "POOL['timeout'], keep work that holds a connection short, or set "
+        "POOL['leak_timeout'] to find code that holds one too long."
+    )
+    with pytest.raises(PoolTimeout) as info:
+        pooled.wrapper().ensure_connection()
+    assert str(info.value) == (
+        f"couldn't get a connection to database {pooled.alias!r} after waiting 0.2 s: "
+        "1 connections are in use (max_size=1) and 0 other requests are waiting. " + advice
+    )
+    # One waiter in the queue (it gets the held connection in the end), then a
+    # checkout that max_waiting=1 rejects at once.
+    pool = pooled.pool
+    queued = threading.Thread(target=lambda: pool.putconn(pool.getconn(lambda: None, timeout=30)))
+    queued.start()
+    wait_for(lambda: pooled.stats()["waiting"] == 1, what="the first waiter")
+    with pytest.raises(TooManyRequests) as rejected:
+        pooled.wrapper().ensure_connection()
+    assert isinstance(rejected.value, PoolTimeout)
+    assert isinstance(rejected.value, DjangoOperationalError)
+    assert str(rejected.value) == (
+        f"couldn't get a connection to database {pooled.alias!r}: 1 requests are already "
+        "waiting (max_waiting=1) and all 1 connections (max_size=1) are in use. " + advice
+    )
+    holder.close()
+    queued.join(30)
+    assert not queued.is_alive()

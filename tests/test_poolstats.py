@@ -26,7 +26,9 @@ from django.db import connections
 from .conftest import (
     MYSQL_POOL_USER,
     ROOT,
+    RUN_TAG,
     Server,
+    require_module,
     server_env,
     start_gunicorn,
     stop,
@@ -36,7 +38,7 @@ from .conftest import (
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
 
 SECRET = "dpb-h3-S3cret-pw-7f1c"
-SECRET_ROLE = "dpb_secret_role"
+SECRET_ROLE = f"dpb_secret_role{RUN_TAG}"
 
 
 def gunicorn(env: dict[str, str], log: Path, workers: int = 2) -> Server:
@@ -150,8 +152,10 @@ def test_poolstats_reports_both_workers_and_never_the_password(
         table = manage(env, "poolstats")
         assert table.returncode == 0, table.stderr
         lines = table.stdout.splitlines()
-        assert max(len(line) for line in lines) <= 80
-        assert lines[0].split()[:3] == ["PID", "ALIAS", "SIZE"]
+        # The first line names the directory read (issue 13.4); the table follows.
+        assert lines[0] == f"Snapshots in {tmp_path / 'stats'}"
+        assert max(len(line) for line in lines[1:]) <= 80
+        assert lines[1].split()[:3] == ["PID", "ALIAS", "SIZE"]
         assert sum(1 for line in lines if line.split()[:1] in ([str(p)] for p in pids)) >= 2
         assert any(line.lstrip().startswith("total") for line in lines)
 
@@ -214,6 +218,17 @@ def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
     assert "--watch SECONDS" in out.stdout and "Refresh every SECONDS" in out.stdout
 
 
+#: poolstats --watch with SIGINT's default action restored (Python then turns it
+#: into KeyboardInterrupt), whatever the test run inherited: started from
+#: ``nohup … &`` or a non-interactive shell's ``&``, SIGINT arrives ignored.
+WATCH_WITH_SIGINT = (
+    "import signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    "from django.core.management import execute_from_command_line\n"
+    "execute_from_command_line(['django', 'poolstats', '--watch', '0.2'])\n"
+)
+
+
 def test_watch_redraws_in_a_terminal(tmp_path: Path) -> None:
     master, slave = pty.openpty()
     process = subprocess.Popen(
@@ -236,7 +251,9 @@ def test_watch_redraws_in_a_terminal(tmp_path: Path) -> None:
                     seen += os.read(master, 4096)
                 except OSError:
                     break
-        process.send_signal(signal.SIGINT)
+        # SIGTERM (what a supervisor or `kill` sends): its handler is the
+        # command's own, so the test doesn't depend on what it inherited.
+        process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:
         if process.poll() is None:
@@ -248,8 +265,10 @@ def test_watch_redraws_in_a_terminal(tmp_path: Path) -> None:
 
 
 def test_watch_without_a_terminal_repeats_plain_output(tmp_path: Path) -> None:
+    """Stopped by Ctrl-C's SIGINT, restored to its default action in the child so
+    the test does not depend on the disposition the run inherited."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "django", "poolstats", "--watch", "0.2"],
+        [sys.executable, "-c", WATCH_WITH_SIGINT],
         cwd=ROOT,
         env=server_env(DJANGO_POOLBACKEND_STATS_DIR=str(tmp_path)),
         stdout=subprocess.PIPE,
@@ -274,6 +293,46 @@ def test_watch_without_a_terminal_repeats_plain_output(tmp_path: Path) -> None:
             process.wait()
     reader.join(30)
     assert not any(b"\x1b[" in line for line in lines)
+    assert process.stderr is not None and b"Traceback" not in process.stderr.read()
+
+
+def test_watch_started_with_sigint_ignored_stops_on_sigterm(tmp_path: Path) -> None:
+    """A job started in the background (``nohup … &``) inherits SIGINT ignored:
+    --watch keeps ignoring it, as such a job is meant to, and stops cleanly on
+    SIGTERM, status 0, without a traceback."""
+    process = subprocess.Popen(
+        # The shell's trap makes the command inherit SIGINT ignored, as `&` does.
+        ["sh", "-c", 'trap "" INT; exec "$0" -m django poolstats --watch 0.2', sys.executable],
+        cwd=ROOT,
+        env=server_env(DJANGO_POOLBACKEND_STATS_DIR=str(tmp_path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    lines: list[bytes] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+
+    def refreshes() -> int:
+        return sum(line.startswith(b"-- ") for line in list(lines))
+
+    try:
+        wait_for(lambda: refreshes() >= 1, timeout=60, what="a first refresh", interval=0.05)
+        process.send_signal(signal.SIGINT)
+        # Still refreshing after the SIGINT: ignored, as inherited.
+        after = refreshes()
+        wait_for(lambda: refreshes() > after + 1, timeout=60, what="refreshes after SIGINT",
+                 interval=0.05)
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    reader.join(30)
+    assert process.stderr is not None
+    err = process.stderr.read()
+    assert b"Traceback" not in err, err
 
 
 def _open_transaction(vendor: str) -> Any:
@@ -338,7 +397,7 @@ def test_server_view_connects_through_the_connect_params_hook(
 def test_a_composed_engine_is_listed_drained_and_counted(tmp_path: Path) -> None:
     """A backend composed with the mixin in a module of its own (ENGINE
     'tests.composed_prometheus') is a pooled alias for poolstats and pooldrain."""
-    pytest.importorskip("django_prometheus", reason="pip install django-prometheus")
+    require_module("django_prometheus", "django-prometheus", "pip install django-prometheus")
     code = """
 import io, json
 import django
@@ -478,3 +537,73 @@ def test_pooldrain_under_load_retires_every_session(
 
     wait_for(done, timeout=30, what="poolstats to show the drain complete", interval=0.3)
     print(f"drain of {vendor}: old sessions gone {took:.2f} s after pooldrain returned")
+
+
+def test_pooldrain_says_where_it_looked_and_fails_when_it_reached_no_process(
+    tmp_path: Path,
+) -> None:
+    """Issue 13.4: two Gunicorn workers publish in the default place (under their
+    TMPDIR, no XDG_RUNTIME_DIR); an operator whose shell has XDG_RUNTIME_DIR set
+    looks elsewhere. pooldrain then names the directory it used and fails, naming
+    the likely cause, instead of reporting success; with the workers' environment
+    it says how many processes it reached, and they really applied the drain."""
+    base = tmp_path / "tmp"
+    base.mkdir(mode=0o700)
+    runtime = tmp_path / "run-user"
+    runtime.mkdir(mode=0o700)
+    # The service's environment: no explicit directory, no XDG_RUNTIME_DIR.
+    env = {"TMPDIR": str(base), "XDG_RUNTIME_DIR": "", "DJANGO_POOLBACKEND_STATS_DIR": ""}
+    operator = {**env, "XDG_RUNTIME_DIR": str(runtime)}
+    server = gunicorn(env, tmp_path / "gunicorn.log")
+    try:
+        document = until_both_workers(server, env, "default")
+        workers_dir = Path(document["stats_dir"])
+        assert workers_dir.parent == base / f"django_poolbackend-{os.getuid()}"
+        assert document["drains"]["default"]["generation"] == 0
+
+        # The operator's shell: another directory, and no process in it.
+        table = manage(operator, "poolstats", "--database", "default")
+        assert table.returncode == 0, table.stderr
+        lines = table.stdout.splitlines()
+        assert lines[0].startswith(f"Snapshots in {runtime / 'django_poolbackend'}/")
+        assert "(no live pools" in table.stdout
+        elsewhere = Path(lines[0].removeprefix("Snapshots in "))
+        assert elsewhere != workers_dir
+        for args in (["--wait", "3"], []):
+            out = manage(operator, "pooldrain", "--database", "default", *args)
+            assert out.returncode != 0, (args, out.stdout)
+            assert f"Statistics directory: {elsewhere}" in out.stdout
+            assert "Every process has retired" not in out.stdout
+            assert "Traceback" not in out.stderr
+            message = " ".join(out.stderr.split())
+            assert (
+                f"The drain reached no process: no process publishes a pool of 'default' in "
+                f"{elsewhere}." in message
+            ), message
+            assert "XDG_RUNTIME_DIR, TMPDIR and the settings module" in message
+            assert f"XDG_RUNTIME_DIR={runtime}" in message and f"TMPDIR={base}" in message
+            assert "DJANGO_SETTINGS_MODULE=tests.settings" in message
+        # Nothing reached the workers.
+        after = poolstats_json(env, "--database", "default")
+        assert after["drains"]["default"]["generation"] == 0
+        assert all(row["drains"] == 0 for row in after["pools"])
+
+        # The workers' environment: both reached, both applied it.
+        out = manage(env, "pooldrain", "--database", "default", "--wait", "30")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.splitlines() == [
+            "Drain 1 of 'default' requested: processes retire their connections within "
+            "about a second.",
+            f"Statistics directory: {workers_dir}",
+            "Every process has retired its older connections.",
+            "Processes reached: 2 ('default': 2); each applied it.",
+        ]
+        drained = poolstats_json(env, "--database", "default")
+        assert drained["drains"]["default"] == {
+            "generation": 1, "processes_applied": 2, "processes": 2, "connections_pending": 0,
+        }
+        assert sorted(row["drains"] for row in drained["pools"]) == [1, 1]
+        table = manage(env, "poolstats", "--database", "default")
+        assert table.stdout.splitlines()[0] == f"Snapshots in {workers_dir}"
+    finally:
+        stop(server)

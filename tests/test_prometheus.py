@@ -72,6 +72,34 @@ def test_collector_reports_each_process_pool(make_pooled, vendor: str, tmp_path:
         ]
 
 
+def test_a_refused_directory_is_logged_once_and_the_scrape_still_works(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A statistics directory others may write to: no pool is reported from it,
+    /metrics still answers (every family, no sample), one error names it."""
+    directory = tmp_path / "open"
+    directory.mkdir()
+    os.chmod(directory, 0o777)
+    from django_poolbackend.contrib.prometheus import PoolCollector
+
+    caplog.set_level("WARNING", logger="django_poolbackend")
+    registry = CollectorRegistry()
+    registry.register(PoolCollector(directory))
+    for _ in range(3):  # three scrapes of one endpoint
+        text = generate_latest(registry).decode()
+        families = {f.name: f.samples for f in text_string_to_metric_families(text)}
+        assert families["django_pool_connections"] == []
+        assert families["django_pool_checkout_wait_seconds"] == []
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        "Pool statistics: the Prometheus collector reads nothing: UntrustedDirectory: The "
+        f"pool statistics directory {directory} is writable by its group and other users "
+        "(mode 0777), so they could plant or replace files in it; only its owner may write "
+        "to it: run chmod go-w on it, or set settings.DJANGO_POOLBACKEND_STATS_DIR to a "
+        "directory of yours."
+    ]
+
+
 def test_missing_prometheus_client_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['prometheus_client'] = None\n"

@@ -20,6 +20,8 @@ connection.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import os
 import zlib
@@ -842,3 +844,157 @@ def test_mysql_status_reads_in_threads_see_their_own_connection(django_db_setup)
         busy.close()
         idle.close()
     assert wrong == []
+
+
+# -- state that "rollback" keeps and docs/clean-state.md lists: LISTEN, WITH HOLD
+# cursors, prepared (two-phase) transactions ------------------------------------------
+
+CHANNEL = f"dpb_state{SUFFIX}_channel"
+
+
+def _same_session_twice(pooled: Any) -> tuple[Any, int]:
+    wrapper = pooled.wrapper()
+    return wrapper, pooled.backend_id(wrapper)
+
+
+@pytest.mark.parametrize("reset", RESETS)
+def test_listen_reaches_the_next_request_under_rollback_only(make_pooled, reset):
+    """A LISTEN outlives the request under "rollback": the next borrower of the
+    session is still listening, receives the notifications, and also gets those
+    that arrived for the first request and were never read (psycopg keeps them in
+    its backlog). "full" (DISCARD ALL is also UNLISTEN *) leaves neither."""
+    pooled = make_pooled("default", max_size=1, reset=reset)
+    wrapper, first = _same_session_twice(pooled)
+    with wrapper.cursor() as cursor:
+        cursor.execute(f'LISTEN "{CHANNEL}"')
+    pooled.observer.query("SELECT pg_notify(%s, 'before the return')", (CHANNEL,))
+    with wrapper.cursor() as cursor:
+        cursor.execute("SELECT 1")  # psycopg reads the notification into its backlog
+    wrapper.close()
+    pooled.observer.query("SELECT pg_notify(%s, 'after the return')", (CHANNEL,))
+
+    assert pooled.backend_id(wrapper) == first  # the same session
+    with wrapper.cursor() as cursor:
+        cursor.execute("SELECT pg_listening_channels()")
+        listening = [row[0] for row in cursor.fetchall()]
+    # Waits for the second notification if the session still listens; a short
+    # wait otherwise, which is what the absence of one costs to prove.
+    timeout = 10.0 if reset == "rollback" else 0.5
+    received = [n.payload for n in wrapper.connection.notifies(timeout=timeout, stop_after=2)]
+    wrapper.close()
+    if reset == "rollback":
+        assert listening == [CHANNEL]
+        assert received == ["before the return", "after the return"]
+    else:
+        assert listening == []
+        assert received == []
+
+
+@pytest.mark.parametrize("reset", RESETS)
+def test_with_hold_cursor_of_a_half_read_iterator(make_pooled, reset):
+    """iterator() outside a transaction declares a cursor WITH HOLD. Half read
+    when the request ends, it stays in the session under "rollback" (the next
+    request sees it in pg_cursors, and the server keeps its rows); "full" closes
+    it."""
+    pooled = make_pooled("default", max_size=1, reset=reset)
+    wrapper, first = _same_session_twice(pooled)
+    cursor = wrapper.chunked_cursor()
+    cursor.execute("SELECT generate_series(1, 10000)")
+    assert len(cursor.fetchmany(10)) == 10
+    name = cursor.cursor.name
+    wrapper.close()
+
+    assert pooled.backend_id(wrapper) == first
+    with wrapper.cursor() as check:
+        check.execute("SELECT name, is_holdable FROM pg_cursors")
+        open_cursors = check.fetchall()
+    wrapper.close()
+    assert open_cursors == ([(name, True)] if reset == "rollback" else [])
+    # The left-over cursor object would send CLOSE on whichever request holds the
+    # session when it is closed or collected; retire the pool first, so that it
+    # finds its connection closed and sends nothing.
+    registry.retire(pooled.alias)
+    cursor.close()
+
+
+XA_ID = f"dpb_state{SUFFIX}_xa"
+
+
+@pytest.mark.parametrize("reset", RESETS)
+def test_mysql_xa_prepare_survives_both_resets(make_pooled, state_env, reset, caplog):
+    """An XA transaction left PREPARED: MariaDB refuses the rollback ("XAER_RMFAIL
+    ... PREPARED state"), so the connection is discarded under either reset, and
+    the prepared transaction survives the disconnect (MariaDB >= 10.5), holding its
+    locks until someone commits or rolls it back by its id."""
+    pooled = make_pooled("mysql", max_size=1, reset=reset)
+    wrapper, first = _same_session_twice(pooled)
+    try:
+        with wrapper.cursor() as cursor:
+            cursor.execute(f"XA START '{XA_ID}'")
+            cursor.execute("INSERT INTO dpb_state_rows VALUES (7)")
+            cursor.execute(f"XA END '{XA_ID}'")
+            cursor.execute(f"XA PREPARE '{XA_ID}'")
+        with caplog.at_level(logging.WARNING, logger="django_poolbackend"):
+            wrapper.close()
+        assert "discarding a connection whose reset failed: OperationalError" in caplog.text
+        assert pooled.stats()["closed_by_reason"] == {"reset_failed": 1}
+        assert pooled.backend_id(wrapper) != first
+        with wrapper.cursor() as cursor:
+            cursor.execute("XA RECOVER")
+            prepared = [row[3] for row in cursor.fetchall()]
+        wrapper.close()
+        assert XA_ID.encode() in prepared
+    finally:
+        with contextlib.suppress(MySQLdb.Error):
+            pooled.observer.query(f"XA ROLLBACK '{XA_ID}'")
+
+
+@pytest.fixture(scope="module")
+def prepared_xacts_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Any]:
+    """A private PostgreSQL with max_prepared_transactions > 0: the shared server has
+    0 (PREPARE TRANSACTION fails there) and must not be reconfigured."""
+    from .servers import PrivatePostgres
+
+    server = PrivatePostgres()
+    try:
+        with psycopg.connect(
+            host="127.0.0.1", port=server.port, user="postgres", autocommit=True
+        ) as conn:
+            conn.execute("ALTER SYSTEM SET max_prepared_transactions = 4")
+        server.restart()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.mark.parametrize("reset", RESETS)
+def test_pg_prepare_transaction_survives_both_resets(prepared_xacts_server, reset):
+    """PREPARE TRANSACTION ends the session's transaction (libpq says idle: the
+    return needs no rollback), but the prepared transaction lives on in the server,
+    outside any session: neither "rollback" nor DISCARD ALL touches it. It is still
+    in pg_prepared_xacts at the next checkout, as it would be with the stock engine."""
+    server = prepared_xacts_server
+    alias = f"dpb_state_2pc_{reset}"
+    settings_dict = server.settings(connections["default"].settings_dict, max_size=1, reset=reset)
+    wrapper = type(connections["default"])(copy.deepcopy(settings_dict), alias)
+    gid = f"dpb_state{SUFFIX}_{reset}"
+    try:
+        with wrapper.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            first = cursor.fetchone()[0]
+            cursor.execute("CREATE TABLE IF NOT EXISTS dpb_state_2pc (id int)")
+            cursor.execute("BEGIN")
+            cursor.execute("INSERT INTO dpb_state_2pc VALUES (1)")
+            cursor.execute(f"PREPARE TRANSACTION '{gid}'")
+        wrapper.close()
+        with wrapper.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            assert cursor.fetchone()[0] == first  # pooled: nothing failed on return
+            cursor.execute("SELECT gid FROM pg_prepared_xacts WHERE gid = %s", [gid])
+            assert cursor.fetchall() == [(gid,)]
+            cursor.execute(f"ROLLBACK PREPARED '{gid}'")
+        wrapper.close()
+        assert registry.pools[alias].stats()["closed_by_reason"] == {}
+    finally:
+        wrapper.close()
+        registry.retire(alias)

@@ -19,7 +19,14 @@ from django_poolbackend import publish, registry
 from django_poolbackend.core.pool import CLOSE_REASONS
 from django_poolbackend.core.stats import BOUNDS_MS, Histogram
 
-from .conftest import MYSQL_POOL_USER, ROOT, server_env, wait_for
+from .conftest import (
+    MYSQL_POOL_USER,
+    ROOT,
+    fork_from_one_thread,
+    require_module,
+    server_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
 
@@ -129,7 +136,7 @@ def test_pool_stats_unknown_or_unpooled_alias() -> None:
 def test_pool_stats_before_first_use_of_a_composed_engine(tmp_path: Path) -> None:
     """An alias whose ENGINE is a backend composed with the mixin in a module of
     its own (tests/composed_prometheus) is pooled from the start."""
-    pytest.importorskip("django_prometheus", reason="pip install django-prometheus")
+    require_module("django_prometheus", "django-prometheus", "pip install django-prometheus")
     code = (
         "import json, django\n"
         "django.setup()\n"
@@ -162,7 +169,7 @@ def test_pool_stats_before_first_use_of_a_composed_engine(tmp_path: Path) -> Non
 def test_project_key_counts_a_composed_engine(settings: Any) -> None:
     """The snapshot directory of a project is keyed by its pooled databases: a
     composed engine is one of them, a stock one is not."""
-    pytest.importorskip("django_prometheus", reason="pip install django-prometheus")
+    require_module("django_prometheus", "django-prometheus", "pip install django-prometheus")
     suite = dict(settings.DATABASES)
     composed = {**suite["default"], "ENGINE": "tests.composed_prometheus"}
     stock = {**suite["default"], "ENGINE": "django.db.backends.postgresql"}
@@ -249,7 +256,6 @@ def test_snapshot_directory_files_and_dead_processes(
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="fork")
-@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forked_child_never_publishes_or_removes_as_parent(make_pooled, tmp_path: Path) -> None:
     directory = tmp_path / "s"
     with override_settings(DJANGO_POOLBACKEND_STATS_DIR=str(directory)):
@@ -261,7 +267,8 @@ def test_forked_child_never_publishes_or_removes_as_parent(make_pooled, tmp_path
         parent_file = directory / f"{os.getpid()}.json"
         assert parent_file.exists()
         read, write = os.pipe()
-        child = os.fork()
+        with fork_from_one_thread():
+            child = os.fork()
         if child == 0:  # pragma: no cover - the child reports through the pipe
             code = 1
             try:
@@ -306,3 +313,46 @@ def test_drain_retires_idle_now_and_busy_on_return(
         fresh = pooled.wrapper()
         assert pooled.backend_id(fresh) not in (idle_id, busy_id)
         fresh.close()
+
+
+def test_the_return_that_leaves_the_pool_idle_rewrites_a_busy_snapshot(
+    make_pooled, vendor: str, tmp_path: Path
+) -> None:
+    """Issue 18.10: right after a burst, readers must not see connections in use
+    that were already returned. A snapshot that showed some in use is written
+    again by the return that leaves the pool idle, at once (however recent the
+    last snapshot), not by the next tick a second later. The maintenance thread
+    is paused, so the return is the only thing that could have written it."""
+    directory = tmp_path / "idle"
+    maintainer = registry._maintainer
+    with override_settings(DJANGO_POOLBACKEND_STATS_DIR=str(directory)):
+        pooled = make_pooled(vendor, max_size=4)
+        wrappers = [pooled.wrapper() for _ in range(3)]
+        snapshot = directory / f"{os.getpid()}.json"
+
+        def figures() -> dict:
+            return json.loads(snapshot.read_text())["pools"][pooled.alias]
+
+        assert maintainer is not None
+        maintainer.pause()
+        try:
+            for wrapper in wrappers:
+                pooled.backend_id(wrapper)
+            assert publish.publish(force=True)
+            assert (figures()["in_use"], figures()["idle"]) == (3, 0)
+            assert pooled.pool.tick_when_idle is True
+            wrappers[0].close()
+            wrappers[1].close()
+            # Still busy: the returns so far may tick once a second, no more.
+            assert figures()["in_use"] in (2, 3)
+            wrappers[2].close()
+            # The last return left the pool idle: the file says so already.
+            assert (figures()["in_use"], figures()["idle"], figures()["size"]) == (0, 3, 3)
+            assert pooled.pool.tick_when_idle is False
+            # Idle now: later returns go back to at most one tick a second.
+            pooled.backend_id(wrappers[0])
+            wrappers[0].close()
+            assert pooled.pool.tick_when_idle is False
+        finally:
+            maintainer.resume()
+            publish.withdraw()

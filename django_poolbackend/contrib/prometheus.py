@@ -14,6 +14,7 @@ Needs the optional extra: ``pip install django-poolbackend[prometheus]``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from .. import publish
 from ..core.stats import PROMETHEUS_BOUNDS_S, Histogram
 
+logger = logging.getLogger("django_poolbackend")
+
 #: (metric name without _total, figures key, help) of the counters.
 COUNTERS = (
     ("django_pool_checkouts", "checkouts", "Connections handed out."),
@@ -53,10 +56,32 @@ COUNTERS = (
 
 class PoolCollector(Collector):
     """Collects from the snapshots in *stats_dir* (default: the project's, from
-    settings) at each scrape; a process that exited drops out."""
+    settings) at each scrape; a process that exited drops out.
+
+    A scrape never fails because of the directory: a bad snapshot is skipped (the
+    reader warns once, naming it), and a directory refused as unsafe or unreadable
+    is reported once in the log and reads as no process at all, so the rest of
+    ``/metrics`` still works.
+    """
 
     def __init__(self, stats_dir: str | Path | None = None) -> None:
         self.stats_dir = Path(stats_dir) if stats_dir is not None else None
+        self._refused: str | None = None
+
+    def _snapshots(self) -> list[dict[str, Any]]:
+        try:
+            snapshots = publish.read_snapshots(self.stats_dir)
+        except (publish.UntrustedDirectory, OSError) as exc:
+            # Refused as unsafe, or unreadable (a permission, an I/O error): the
+            # scrape goes on without the pools, and the reason is logged once
+            # until it changes or goes away.
+            reason = f"{type(exc).__name__}: {exc}"
+            if reason != self._refused:
+                self._refused = reason
+                logger.error("Pool statistics: the Prometheus collector reads nothing: %s", reason)
+            return []
+        self._refused = None
+        return snapshots
 
     def collect(self) -> Iterator[Metric]:
         labels = ["alias", "pid"]
@@ -100,7 +125,7 @@ class PoolCollector(Collector):
             "Longest time a connection was held (since start).",
             labels=labels,
         )
-        for snapshot in publish.read_snapshots(self.stats_dir):
+        for snapshot in self._snapshots():
             pid = str(snapshot["pid"])
             for alias, figures in snapshot.get("pools", {}).items():
                 values = [str(alias), pid]

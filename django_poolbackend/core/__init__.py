@@ -5,7 +5,7 @@ a small driver object; everything about sizes, waiting, expiry and counters is h
 """
 
 from .config import ConfigError, PoolConfig
-from .errors import PoolClosed, PoolError, PoolTimeout
+from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .pool import Pool, Slot
 
 __all__ = [
@@ -16,4 +16,5 @@ __all__ = [
     "PoolError",
     "PoolTimeout",
     "Slot",
+    "TooManyRequests",
 ]

@@ -14,5 +14,9 @@ class PoolTimeout(PoolError):
     """No connection became free within ``timeout``, or too many requests wait."""
 
 
+class TooManyRequests(PoolTimeout):
+    """``max_waiting`` requests were already waiting, so this one did not wait."""
+
+
 class PoolClosed(PoolError):
     """The pool was closed (settings changed, test database dropped, shutdown)."""

@@ -12,12 +12,32 @@ restarted in the parent, so no process forks with this thread running.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 import weakref
 from time import monotonic
 from typing import Any
 
 logger = logging.getLogger("django_poolbackend")
+
+
+def join_thread(thread: threading.Thread, timeout: float) -> None:
+    """Join *thread*, then wait (within *timeout* in all) until the OS has let it go.
+
+    Before Python 3.13, ``Thread.join()`` returns when the thread's Python state is
+    released, a moment before the OS thread itself exits. A fork() in that moment
+    still copies a process with two threads, and Python 3.12+ (which counts them in
+    /proc) warns about it. Where there is no /proc, the join is all there is.
+    """
+    deadline = monotonic() + timeout
+    thread.join(timeout)
+    native = thread.native_id
+    if native is None or thread.is_alive():
+        return
+    task = f"/proc/self/task/{native}"
+    while os.path.exists(task) and monotonic() < deadline:
+        time.sleep(0.0005)
 
 
 class Maintainer:
@@ -59,7 +79,7 @@ class Maintainer:
             thread, self._thread = self._thread, None
             self._stop.set()
         if thread is not None:
-            thread.join(timeout)
+            join_thread(thread, timeout)
 
     def resume(self) -> None:
         """Start the thread again after a pause (in the parent, after fork())."""

@@ -15,6 +15,14 @@ Design notes, because the checkout path is where every request pays:
   reach it afterwards.
 * A :class:`Slot` is made once per physical connection and reused by every
   checkout of it, so a checkout allocates nothing.
+* Whatever interrupts a wait (a signal handler that raises, ``KeyboardInterrupt``,
+  a gevent ``Timeout``) takes the waiter out of the queue under the lock, and
+  anything already handed to it goes on to the next waiter or the idle stack, so
+  an interrupted checkout never loses a connection or its capacity.
+* A checkout remembers the thread that holds it through a weak reference
+  (:func:`thread_token`). A connection whose thread has ended is reclaimed by the
+  next checkout that would otherwise wait, and by the maintenance thread, without
+  waiting for the garbage collector to run the borrower's finalizer.
 * Counters are plain integers bumped inside lock sections that exist anyway;
   gauges are computed when read.
 * After a failed connect the pool backs off: for a short, growing, jittered
@@ -33,6 +41,7 @@ import os
 import random
 import threading
 import traceback
+import weakref
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
@@ -40,7 +49,7 @@ from time import monotonic
 from typing import Any, Protocol
 
 from .config import PoolConfig
-from .errors import PoolClosed, PoolTimeout
+from .errors import PoolClosed, PoolTimeout, TooManyRequests
 from .stats import BOUNDS_MS, Histogram
 
 logger = logging.getLogger("django_poolbackend")
@@ -64,6 +73,10 @@ PING_TIMEOUT_MIN = 1.0
 
 Opener = Callable[[], Any]
 
+#: What :attr:`Slot.owner` holds: a weak reference that returns None once the
+#: thread holding the connection has ended.
+Owner = Callable[[], object]
+
 #: ``Slot.expires`` of a connection retired by :meth:`Pool.drain`: already past,
 #: so the lifetime checks that run anyway retire it, and negative, so they can
 #: tell a drain from old age.
@@ -82,6 +95,7 @@ CLOSE_REASONS = (
     "init_failed",
     "closed_in_transaction",
     "leaked",
+    "busy",
 )
 
 
@@ -110,6 +124,7 @@ class Slot:
         "checked_out_at",
         "stack",
         "leak_warned",
+        "owner",
     )
 
     def __init__(self, conn: Any, pool: Pool, now: float, lifetime: float | None):
@@ -131,6 +146,39 @@ class Slot:
         # Captured at checkout only when leak_timeout is set.
         self.stack: list[traceback.FrameSummary] | None = None
         self.leak_warned = False
+        #: The :func:`thread_token` of the thread that holds this connection, or
+        #: None: idle, just handed out (the borrower sets it right after the
+        #: checkout), or shared between threads on purpose. putconn() clears it,
+        #: so a stale owner can never make the pool reclaim a connection that
+        #: another thread has just checked out.
+        self.owner: Owner | None = None
+
+
+class _ThreadToken:
+    """Lives exactly as long as its thread: only that thread's local refers to it."""
+
+    __slots__ = ("__weakref__",)
+
+
+_tokens = threading.local()
+
+
+def thread_token() -> Owner:
+    """A weak reference that returns None once the calling thread has ended.
+
+    One token and one reference per thread, made at the thread's first call and
+    cached in a ``threading.local``. When a thread ends, Python clears its locals,
+    which drops the token's only strong reference at once (reference counting, no
+    garbage collector), so the reference then returns None. Storing it on a slot at
+    checkout costs one attribute store and allocates nothing, and it keeps neither
+    the thread nor its objects alive.
+    """
+    try:
+        ref: Owner = _tokens.ref
+    except AttributeError:
+        token = _tokens.token = _ThreadToken()
+        ref = _tokens.ref = weakref.ref(token)
+    return ref
 
 
 class _Waiter:
@@ -160,13 +208,22 @@ class Pool:
         key: Any = None,
         timeout_error: type[Exception] = PoolTimeout,
         closed_error: type[Exception] = PoolClosed,
+        rejected_error: type[Exception] = TooManyRequests,
+        hint: Callable[[], str] | None = None,
     ) -> None:
+        """*hint* returns advice to add to the message of a checkout that failed
+        for lack of connections (``timeout``, ``max_waiting``); the layer that
+        knows the user's settings supplies it, so the core names none of them.
+        *rejected_error* is raised for a ``max_waiting`` rejection and should be a
+        subclass of *timeout_error*, so that one ``except`` catches both."""
         self.config = config
         self.driver = driver
         self.name = name
         self.key = key
         self._timeout_error = timeout_error
         self._closed_error = closed_error
+        self._rejected_error = rejected_error
+        self._hint = hint
         # Hot-path copies of the settings (attribute reads on self are cheaper
         # than going through the frozen dataclass each time).
         self._max_size = config.max_size
@@ -234,6 +291,10 @@ class Pool:
         #: the maintenance tick (publishing statistics, noticing a drain).
         self.on_tick: Callable[[Pool], None] | None = None
         self._tick_due = 0.0
+        #: Set by the publisher after a snapshot that showed connections in use:
+        #: the return that leaves the pool idle ticks, so the snapshot is rewritten
+        #: at once (on the return path a flag check, nothing more, until then).
+        self.tick_when_idle = False
 
     # -- checkout ---------------------------------------------------------------
 
@@ -246,7 +307,9 @@ class Pool:
         if self._orphans:
             self._reap()
         slot: Slot | None
-        waiter: _Waiter | None
+        # Bound before the waiter is queued, so that whatever interrupts this
+        # checkout from then on (see _wait()) finds it and takes it out again.
+        waiter: _Waiter | None = None
         try:
             with self._lock:
                 if self._closed:
@@ -254,16 +317,25 @@ class Pool:
                 self._requests += 1
                 if self._idle:
                     slot = self._idle.pop()
-                    waiter = None
                 elif self._size < self._max_size:
                     self._size += 1
-                    slot = waiter = None
-                else:
-                    waiter = self._enqueue()
                     slot = None
-        except self._timeout_error as exc:
+                else:
+                    self._refuse_if_too_many_wait()
+                    waiter = _Waiter()
+                    self._waiters.append(waiter)
+                    self._waits += 1
+                    slot = None
+        except self._rejected_error as exc:
             # max_waiting rejected it; logged here, once the lock is released.
             logger.warning("Pool %r: %s", self.name, exc.args[0].split(". ", 1)[0])
+            raise
+        except BaseException:
+            # Interrupted once queued, before the wait began (a signal handler
+            # runs wherever the interpreter checks for signals, the lock's
+            # release at the end of the block above among them).
+            if waiter is not None:
+                self._cancel_wait(waiter)
             raise
 
         if slot is not None:
@@ -279,27 +351,40 @@ class Pool:
             return self._validate(slot, opener, now)
         if waiter is None:
             return self._connect(opener)
-        return self._wait(waiter, opener, self.config.timeout if timeout is None else timeout)
+        try:
+            return self._wait(waiter, opener, self.config.timeout if timeout is None else timeout)
+        except BaseException:
+            # Whatever interrupts the wait, from its first line to the hand-over
+            # of what the waiter got, settles the waiter here: out of the queue if
+            # nothing reached it yet, or what reached it passed on. (A no-op once
+            # the waiter has taken what it was given.)
+            self._cancel_wait(waiter)
+            raise
 
-    def _enqueue(self) -> _Waiter:
-        # Called with the lock held.
+    def _refuse_if_too_many_wait(self) -> None:
+        # Called with the lock held, before a checkout queues.
         waiting = len(self._waiters)
         if self._max_waiting and waiting >= self._max_waiting:
             self._rejected += 1
             self._failures += 1
-            raise self._timeout_error(
-                f"couldn't get a connection to database {self.name!r}: "
-                f"{waiting} requests are already waiting "
-                f"(max_waiting={self._max_waiting}) and all {self._size} "
-                f"connections (max_size={self._max_size}) are in use. " + _HINT
+            raise self._rejected_error(
+                self._with_hint(
+                    f"couldn't get a connection to database {self.name!r}: "
+                    f"{waiting} requests are already waiting "
+                    f"(max_waiting={self._max_waiting}) and all {self._size} "
+                    f"connections (max_size={self._max_size}) are in use."
+                )
             )
-        waiter = _Waiter()
-        self._waiters.append(waiter)
-        self._waits += 1
-        return waiter
 
     def _wait(self, waiter: _Waiter, opener: Opener, timeout: float) -> Slot:
-        if not waiter.lock.acquire(True, timeout):
+        # getconn() settles the waiter if anything here raises (see there).
+        # The connections of threads that ended are reclaimed here, where they
+        # are needed, rather than after a wait that they would cause.
+        self._reclaim_dead_owners()
+        # threading refuses longer waits with OverflowError; as long as that is
+        # forever here (the settings layer refuses such values anyway).
+        wait = timeout if timeout <= threading.TIMEOUT_MAX else threading.TIMEOUT_MAX
+        if not waiter.lock.acquire(True, wait):
             # Critical section: decide here whether we timed out or whether a
             # hand-off beat us to it. Whoever sets ``done`` first wins.
             with self._lock:
@@ -319,18 +404,80 @@ class Pool:
                     "requests are waiting."
                 )
                 logger.warning("Pool %r: %s", self.name, message)
-                raise self._timeout_error(message + " " + _HINT)
+                raise self._timeout_error(self._with_hint(message))
         if waiter.error is not None:
             raise waiter.error
-        if waiter.slot is not None:
-            slot = waiter.slot
+        slot = waiter.slot
+        if slot is not None:
             slot.uses += 1
             slot.checked_out_at = monotonic()
             if self._leak_timeout:
                 self._note_checkout(slot)
+            # From here the caller owns it.
+            waiter.slot = None
             return slot
-        # We were handed the capacity of a connection that was discarded.
+        # We were handed the capacity of a connection that was discarded;
+        # _connect() gives it back itself if it fails.
+        waiter.reserved = False
         return self._connect(opener)
+
+    def _cancel_wait(self, waiter: _Waiter) -> None:
+        """Settle a waiter whose thread was interrupted; a no-op once it is settled.
+
+        Under the lock, either nobody has handed the waiter anything yet (it leaves
+        the queue, and no hand-off can reach it afterwards), or somebody has, and
+        what it got (a connection, or the capacity for one) goes to the next
+        waiter or back to the pool, as if this checkout had never queued.
+        """
+        closing = None
+        with self._lock:
+            if not waiter.done:
+                waiter.done = True
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass  # interrupted before it was queued: nothing to undo there
+                self._failures += 1
+                return
+            slot, waiter.slot = waiter.slot, None
+            reserved, waiter.reserved = waiter.reserved, False
+            if reserved:
+                self._failures += 1
+                self._release_capacity()
+            elif slot is not None:
+                self._failures += 1
+                if self._closed:
+                    # close() counted it as checked out, to close on its return.
+                    closing = slot
+                else:
+                    self._pass_on(slot)
+            # Otherwise a timeout or an error reached it: counted where decided.
+        if closing is not None:
+            self._close_slot(closing, "pool_closed", keep_capacity=False)
+
+    def _pass_on(self, slot: Slot) -> None:
+        # Called with the lock held: a connection nobody checked out after all
+        # goes to the oldest waiter, or back on the idle stack.
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.done = True
+            waiter.slot = slot
+            self._wait_ms.add((monotonic() - waiter.started) * 1000.0)
+            waiter.lock.release()
+        else:
+            self._idle.append(slot)
+
+    def _with_hint(self, message: str) -> str:
+        hint = self._hint
+        if hint is None:
+            return message
+        try:
+            advice = hint()
+        except Exception:
+            # Advice must never replace the error it explains.
+            logger.exception("Pool %r: the advice for a failed checkout failed.", self.name)
+            return message
+        return f"{message} {advice}" if advice else message
 
     def _validate(self, slot: Slot, opener: Opener, now: float) -> Slot:
         """Check an idle connection before handing it out; replace it if stale."""
@@ -339,7 +486,16 @@ class Pool:
         if now >= slot.expires:
             reason: str | None = _expiry_reason(slot)
         elif now - slot.last_used > self._ping_after:
-            reason = self._ping(slot)
+            try:
+                reason = self._ping(slot)
+            except BaseException:
+                # The ping was interrupted (a signal handler raised, the process
+                # is being stopped): the connection may hold half an answer, so
+                # it goes, and so does the capacity this checkout won't use.
+                with self._lock:
+                    self._failures += 1
+                self._close_slot(slot, "ping_failed", keep_capacity=False)
+                raise
         else:
             reason = None
         if reason is None:
@@ -350,6 +506,8 @@ class Pool:
             return slot
         # Keep the capacity this slot held and reconnect with it.
         if not self._close_slot(slot, reason, keep_capacity=True):
+            with self._lock:
+                self._failures += 1
             raise self._closed_error(f"the pool of {self.name!r} was closed")
         return self._connect(opener)
 
@@ -384,28 +542,37 @@ class Pool:
                         raise self._backoff_error()
                     self._probing = probe = True
         started = monotonic()
+        conn = None
         try:
             conn = opener()
+            now = monotonic()
+            slot = Slot(conn, self, now, self.config.max_lifetime)
+            slot.uses = 1
+            if self._leak_timeout:
+                self._note_checkout(slot)
         except BaseException as exc:
-            with self._lock:
-                self._connect_errors += 1
-                if for_request:  # a failed checkout, not a failed warm-up
-                    self._failures += 1
-                if probe:
-                    self._probing = False
-                if isinstance(exc, Exception):
-                    self._note_connect_failure(exc)
-                self._release_capacity()
+            try:
+                if conn is not None:
+                    # Opened, then interrupted before the pool knew of it: nobody
+                    # else will ever close it. Closed before its capacity is
+                    # given back, so the server never sees max_size + 1.
+                    self.driver.close(conn)
+            finally:
+                with self._lock:
+                    if for_request:  # a failed checkout, not a failed warm-up
+                        self._failures += 1
+                    if probe:
+                        self._probing = False
+                    if conn is None:
+                        self._connect_errors += 1
+                        if isinstance(exc, Exception):
+                            self._note_connect_failure(exc)
+                    self._release_capacity()
             raise
-        now = monotonic()
-        slot = Slot(conn, self, now, self.config.max_lifetime)
-        slot.uses = 1
-        if self._leak_timeout:
-            self._note_checkout(slot)
         with self._lock:
+            self._slots.add(slot)
             self._connects += 1
             self._connect_ms.add((now - started) * 1000.0)
-            self._slots.add(slot)
             if self._connect_failing:
                 # The server answers again: back-off over, for everyone, now.
                 self._connect_failing = 0
@@ -465,10 +632,14 @@ class Pool:
         """
         if self._abandoned or slot.closed:
             return
+        # Whoever gets it next sets their own; until then no thread's end counts.
+        slot.owner = None
         now = monotonic()
-        if now >= self._tick_due:
-            # Before the decision below, so a drain noticed here retires this one.
-            self._tick(now)
+        # The periodic tick (statistics, drains) runs once this connection is back,
+        # so the snapshot it writes already shows it returned (one write, not a
+        # busy one and then an idle one), and a drain it notices closes this
+        # connection with the other idle ones at once.
+        due = now >= self._tick_due
         if slot.leak_warned:
             slot.leak_warned = False
             logger.warning(
@@ -490,6 +661,8 @@ class Pool:
                 if slot.uses:  # 0: opened by maintenance, never checked out
                     self._hold_ms.add((now - slot.checked_out_at) * 1000.0)
             self._close_slot(slot, discard, keep_capacity=False)
+            if due:
+                self._tick(now)
             return
 
         slot.last_used = now
@@ -512,21 +685,25 @@ class Pool:
                 waiter.slot = slot
                 self._wait_ms.add((now - waiter.started) * 1000.0)
                 waiter.lock.release()
-                return
-            idle = self._idle
-            idle.append(slot)
-            # Trim the coldest idle connection if it outlived max_idle: O(1), no
-            # background thread needed while the process is busy.
-            if (
-                self._max_idle is not None
-                and self._size > self._min_size
-                and now - idle[0].last_used > self._max_idle
-            ):
-                stale = idle.popleft()
-                self._forget(stale, "idle")
-                self._size -= 1
+            else:
+                idle = self._idle
+                idle.append(slot)
+                # Trim the coldest idle connection if it outlived max_idle: O(1),
+                # no background thread needed while the process is busy.
+                if (
+                    self._max_idle is not None
+                    and self._size > self._min_size
+                    and now - idle[0].last_used > self._max_idle
+                ):
+                    stale = idle.popleft()
+                    self._forget(stale, "idle")
+                    self._size -= 1
         if stale is not None:
             self.driver.close(stale.conn)
+        # Also when the last snapshot showed the pool busy and this return leaves
+        # it idle, so readers see it idle at once (a flag check until then).
+        if due or (self.tick_when_idle and len(self._idle) == self._size):
+            self._tick(now)
 
     def _forget(self, slot: Slot, reason: str) -> None:
         # Called with the lock held.
@@ -534,19 +711,29 @@ class Pool:
         self._slots.discard(slot)
         self._closes[reason] = self._closes.get(reason, 0) + 1
 
-    def _close_slot(self, slot: Slot, reason: str, *, keep_capacity: bool) -> bool:
+    def _close_slot(
+        self, slot: Slot, reason: str, *, keep_capacity: bool, warn: bool = True
+    ) -> bool:
         """Close one connection; False if close(everything=True) already took it.
 
         The slot leaves the books before the I/O, so a concurrent pool close can
-        never count it (or its capacity) twice.
+        never count it (or its capacity) twice. *warn* False: the caller has
+        logged a message of its own.
         """
         with self._lock:
             if slot.closed:
                 return False
             self._forget(slot, reason)
-        if reason not in _QUIET_REASONS:
-            logger.warning("Pool %r: discarding a connection (%s).", self.name, reason)
-        self.driver.close(slot.conn)
+        try:
+            if warn and reason not in _QUIET_REASONS:
+                logger.warning("Pool %r: discarding a connection (%s).", self.name, reason)
+            self.driver.close(slot.conn)
+        except BaseException:
+            # Interrupted (or a driver whose close raised): the capacity is given
+            # back even if the caller meant to keep it, as it won't get to use it.
+            with self._lock:
+                self._release_capacity()
+            raise
         if not keep_capacity:
             with self._lock:
                 self._release_capacity()
@@ -574,7 +761,45 @@ class Pool:
                 "(its thread or wrapper ended while holding it).",
                 self.name,
             )
-            self._close_slot(slot, "leaked", keep_capacity=False)
+            self._close_slot(slot, "leaked", keep_capacity=False, warn=False)
+
+    def _reclaim_dead_owners(self) -> None:
+        """Close the connections of threads that ended while holding them.
+
+        A slot's owner reference dies when its thread ends (see
+        :func:`thread_token`), so a dead one means that no thread can be using the
+        connection any more. Closing it ends the server session, and with it any
+        open transaction and its locks (the server rolls it back), without a round
+        trip that could block on a dead network. Its capacity then goes to the
+        oldest waiter. A slot without an owner (idle, being handed out, shared
+        between threads on purpose) is never touched.
+        """
+        with self._lock:
+            dead = [slot for slot in self._slots if slot.owner is not None and slot.owner() is None]
+            # Off the books now, so that no other scan (or pool close) takes it too.
+            for slot in dead:
+                self._forget(slot, "leaked")
+        if not dead:
+            return
+        error: BaseException | None = None
+        for slot in dead:
+            # Every one is closed even if one close is interrupted: they are off
+            # the books already, so nothing else would ever close the rest.
+            try:
+                logger.warning(
+                    "Pool %r: closing a connection whose thread ended without giving it back.",
+                    self.name,
+                )
+                self.driver.close(slot.conn)
+            except BaseException as exc:
+                if error is None:
+                    error = exc
+        # After the closes, so the server never sees more than max_size.
+        with self._lock:
+            for _ in dead:
+                self._release_capacity()
+        if error is not None:
+            raise error
 
     # -- maintenance (the process's maintenance thread calls this) ------------
 
@@ -585,6 +810,7 @@ class Pool:
             return
         if self._orphans:
             self._reap()
+        self._reclaim_dead_owners()
         now = monotonic()
         stale: list[tuple[Slot, str]] = []
         leaked: list[Slot] = []
@@ -710,9 +936,21 @@ class Pool:
             self._idle.clear()
             if everything:
                 victims = list(self._slots)
+                dead = []
+            else:
+                # Connections of threads that ended will never come back to be
+                # closed: close them now too (before a test database is dropped,
+                # say, which the server refuses while a session uses it).
+                dead = [
+                    slot for slot in self._slots if slot.owner is not None and slot.owner() is None
+                ]
             for slot in victims:
                 self._forget(slot, "pool_closed")
                 self._size -= 1
+            for slot in dead:
+                self._forget(slot, "leaked")
+                self._size -= 1
+            victims += dead
             while self._waiters:
                 waiter = self._waiters.popleft()
                 self._failures += 1
@@ -800,14 +1038,13 @@ def _fresh(exc: BaseException | None) -> BaseException:
         fresh = exc  # a driver error that can't be rebuilt from its args
     fresh.__traceback__ = None
     fresh.__cause__ = fresh.__context__ = None
+    notes = getattr(exc, "__notes__", None)
+    if notes is not None and fresh is not exc:
+        # A shallow copy shares the list: a note added to one copy (the back-off
+        # note) would show on every later one.
+        fresh.__notes__ = list(notes)
     return fresh
 
-
-_HINT = (
-    "Raise POOL['max_size'] (within the server's connection limit) or "
-    "POOL['timeout'], keep work that holds a connection short, or set "
-    "POOL['leak_timeout'] to find code that holds one too long."
-)
 
 #: Expected retirements that are not worth a warning.
 _QUIET_REASONS = frozenset({"lifetime", "idle", "uses", "pool_closed", "drained"})

@@ -11,7 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import publish
-from .poolstats import check_alias, collect
+from .poolstats import ELSEWHERE, check_alias, collect, environment
 
 
 class Command(BaseCommand):
@@ -19,7 +19,8 @@ class Command(BaseCommand):
         "Make every process on this host that serves these settings retire its pooled "
         "connections: idle ones at once, checked-out ones when they are returned. "
         "Requests keep being served on new connections. Processes notice within "
-        "about a second."
+        "about a second. Prints the statistics directory used and how many processes "
+        "the drain reached; fails when it reached none."
     )
     requires_system_checks: list[str] = []
 
@@ -42,13 +43,20 @@ class Command(BaseCommand):
         wait = options["wait"]
         if wait is not None and not wait >= 0:
             raise CommandError(f"--wait takes a number of seconds >= 0, not {wait!r}.")
-        generations = {alias: publish.request_drain(alias) for alias in aliases}
+        directory = publish.stats_dir()
+        try:
+            generations = {alias: publish.request_drain(alias, directory) for alias in aliases}
+        except publish.UntrustedDirectory as exc:
+            raise CommandError(f"{exc} No drain was requested.") from None
         for alias, generation in generations.items():
             self.stdout.write(
                 f"Drain {generation} of {alias!r} requested: processes retire their "
                 "connections within about a second."
             )
+        self.stdout.write(f"Statistics directory: {directory}")
         if wait is None:
+            drains = collect(aliases)["drains"]
+            self._reached(directory, drains, "each applies it within about a second")
             return
         deadline = time.monotonic() + wait
         while True:
@@ -58,10 +66,15 @@ class Command(BaseCommand):
                 for alias, d in drains.items()
                 if d["processes_applied"] < d["processes"] or d["connections_pending"]
             }
-            if not pending:
+            # No process at all is not success: keep looking until the deadline
+            # (a worker may publish meanwhile), then say why none was seen.
+            if not pending and any(d["processes"] for d in drains.values()):
                 self.stdout.write("Every process has retired its older connections.")
+                self._reached(directory, drains, "each applied it")
                 return
             if time.monotonic() >= deadline:
+                if not pending:
+                    self._reached(directory, drains, "each applied it")
                 detail = "; ".join(
                     f"{alias!r}: {d['processes_applied']} of {d['processes']} processes "
                     f"applied it, {d['connections_pending']} connections still out"
@@ -69,3 +82,17 @@ class Command(BaseCommand):
                 )
                 raise CommandError(f"The drain is not complete after {wait:g} s: {detail}.")
             time.sleep(0.1)
+
+    def _reached(self, directory: object, drains: dict[str, dict[str, int]], verb: str) -> None:
+        """Say how many processes the drain reached; fail if none (the likeliest
+        cause is a command that looks in another directory than the workers)."""
+        total = sum(d["processes"] for d in drains.values())
+        if not total:
+            raise CommandError(
+                f"The drain reached no process: no process publishes a pool of "
+                f"{', '.join(repr(a) for a in drains)} in {directory}. If the workers "
+                f"are running, they publish elsewhere: {ELSEWHERE} ({environment()}). "
+                "The drain request stays recorded for processes that use this directory."
+            )
+        detail = ", ".join(f"{alias!r}: {d['processes']}" for alias, d in drains.items())
+        self.stdout.write(f"Processes reached: {total} ({detail}); {verb}.")

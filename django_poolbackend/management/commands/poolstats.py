@@ -7,7 +7,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -75,16 +79,45 @@ def check_alias(alias: str | None) -> list[str]:
     return [alias]
 
 
+#: Why a command and the workers may not meet in one directory.
+ELSEWHERE = (
+    "the directory depends on DJANGO_POOLBACKEND_STATS_DIR, XDG_RUNTIME_DIR, TMPDIR "
+    "and the settings module (and the user), so workers started with another "
+    "environment publish elsewhere; give both the same DJANGO_POOLBACKEND_STATS_DIR"
+)
+
+
+def environment() -> str:
+    """What decided this command's directory, to compare with the workers'
+    environment (none of it is a secret: names of directories and modules)."""
+    from django.conf import settings
+
+    configured = getattr(settings, publish.SETTING, None)
+    shown = [f"settings.{publish.SETTING}={configured}"] if configured else []
+    for name in (publish.SETTING, "XDG_RUNTIME_DIR", "TMPDIR", "DJANGO_SETTINGS_MODULE"):
+        shown.append(f"{name}={os.environ.get(name) or '(unset)'}")
+    return f"this command ran with {', '.join(shown)}, as uid {os.getuid()}"
+
+
 def collect(aliases: list[str]) -> dict[str, Any]:
-    """The JSON document: a row per process and alias, totals, drain progress."""
+    """The JSON document: a row per process and alias, totals, drain progress.
+
+    Raises ``CommandError`` when the statistics directory is refused (another
+    user could control it)."""
     directory = publish.stats_dir()
     rows = []
     waits: dict[str, list[tuple[Histogram, int]]] = {}
-    for snapshot in publish.read_snapshots(directory):
+    try:
+        snapshots = publish.read_snapshots(directory)
+        generations = publish.drain_generations(directory)
+    except publish.UntrustedDirectory as exc:
+        raise CommandError(f"{exc} Nothing was read from it.") from None
+    for snapshot in snapshots:
         for alias, figures in snapshot.get("pools", {}).items():
             if alias not in aliases:
                 continue
-            row = dict(figures)
+            # The alias and pid its file says (validated to agree with the row).
+            row = {**figures, "alias": alias, "pid": snapshot["pid"]}
             waits.setdefault(alias, []).append(Histogram.from_json(row.pop("wait_histogram", {})))
             row["snapshot_age"] = round(snapshot["age"], 3)
             rows.append(row)
@@ -93,7 +126,6 @@ def collect(aliases: list[str]) -> dict[str, Any]:
     totals["processes"] = len({r.get("pid") for r in rows})
     hist, zeros = merged(h for hs in waits.values() for h in hs)
     totals["wait_ms"] = hist.summary(zeros)
-    generations = publish.drain_generations(directory)
     drains = {}
     for alias in aliases:
         generation = generations.get(alias, 0)
@@ -154,9 +186,12 @@ def render_table(document: dict[str, Any]) -> str:
     header = " ".join(
         (h.ljust(w) if h == "ALIAS" else h.rjust(w)) for h, w, _ in COLUMNS
     ).rstrip()
-    lines = [header]
+    # The directory first: a command run with another environment than the
+    # workers reads another directory, and this line is how to notice it.
+    lines = [f"Snapshots in {document['stats_dir']}", header]
     if not rows:
         lines.append("(no live pools: processes publish within a second of using one)")
+        lines.append("(workers with another environment publish elsewhere: see --help)")
     for row in rows:
         lines.append(
             _table_row(
@@ -341,7 +376,8 @@ class Command(BaseCommand):
         "Show the connection pools of every process on this host that serves these "
         "settings (all Gunicorn workers, Celery children, ...): a row per process and "
         "database alias, with totals. Processes publish their figures at most about "
-        "once a second; rows of processes that exited are dropped."
+        "once a second; rows of processes that exited are dropped. The first line "
+        "names the directory read: " + ELSEWHERE + "."
     )
     # A monitoring command: it must work while something else is misconfigured.
     requires_system_checks: list[str] = []
@@ -362,8 +398,8 @@ class Command(BaseCommand):
             "--watch",
             type=float,
             metavar="SECONDS",
-            help="Refresh every SECONDS until interrupted (Ctrl-C); redraws in place "
-            "on a terminal.",
+            help="Refresh every SECONDS until interrupted (Ctrl-C or SIGTERM); redraws "
+            "in place on a terminal.",
         )
         parser.add_argument(
             "--server",
@@ -383,20 +419,26 @@ class Command(BaseCommand):
             return
         tty = self.stdout.isatty()
         try:
-            while True:
-                text = self._render(aliases, as_json, with_server, indent=None)
-                if as_json:
-                    self.stdout.write(text)
-                elif tty:
-                    # Home, clear the screen, draw: a redraw in place.
-                    stamp = time.strftime("%H:%M:%S")
-                    self.stdout.write(f"\x1b[H\x1b[2Jpoolstats every {watch:g} s, {stamp}\n{text}")
-                else:
-                    self.stdout.write(f"-- {time.strftime('%Y-%m-%d %H:%M:%S')}\n{text}\n")
-                self.stdout.flush()
-                time.sleep(watch)
-        except KeyboardInterrupt:
+            with _stop_on_sigterm():
+                self._watch(aliases, as_json, with_server, watch, tty)
+        except (KeyboardInterrupt, _Stopped):
             self.stdout.write("")
+
+    def _watch(
+        self, aliases: list[str], as_json: bool, with_server: bool, watch: float, tty: bool
+    ) -> None:
+        while True:
+            text = self._render(aliases, as_json, with_server, indent=None)
+            if as_json:
+                self.stdout.write(text)
+            elif tty:
+                # Home, clear the screen, draw: a redraw in place.
+                stamp = time.strftime("%H:%M:%S")
+                self.stdout.write(f"\x1b[H\x1b[2Jpoolstats every {watch:g} s, {stamp}\n{text}")
+            else:
+                self.stdout.write(f"-- {time.strftime('%Y-%m-%d %H:%M:%S')}\n{text}\n")
+            self.stdout.flush()
+            time.sleep(watch)
 
     def _render(self, aliases: list[str], as_json: bool, with_server: bool,
                 indent: int | None) -> str:
@@ -420,3 +462,33 @@ class Command(BaseCommand):
             else:
                 parts.append(render_server(alias, view))
         return "\n\n".join(parts)
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived during --watch."""
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise _Stopped
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Make SIGTERM end --watch like Ctrl-C does: a clean exit, status 0.
+
+    Only where SIGTERM still has its default action (which would kill the
+    process mid-line) and only in the main thread, where Python runs handlers.
+    Ctrl-C is left as inherited: a job started in the background with SIGINT
+    ignored is meant to ignore it, and SIGTERM stops it.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
