@@ -2,17 +2,21 @@ from django.apps import AppConfig
 
 
 class PoolBackendConfig(AppConfig):
-    """Optional: adds the system checks and the management commands."""
+    """Optional: adds the system checks and the management commands.
+
+    The checks also run without the app when the ``default`` alias is pooled
+    (its engine registers them while Django sets up), and for the aliases that
+    ``manage.py check --database`` names in any case (see
+    :mod:`django_poolbackend.validation`).
+    """
 
     name = "django_poolbackend"
     verbose_name = "Connection pool"
 
     def ready(self) -> None:
-        from django.core import checks
+        from .checks import register_checks
 
-        from .checks import check_pool_settings, check_server_limits
-
-        # Untagged: a static look at settings, so plain `manage.py check` runs it.
-        checks.register(check_pool_settings)
-        # Talks to the server: only with `check --database ALIAS` (and migrate).
-        checks.register(check_server_limits, checks.Tags.database)
+        # The static check runs in every `manage.py check` (also --deploy) and
+        # at runserver; the server check only with `check --database ALIAS` and
+        # in migrate (see the tags in checks.py).
+        register_checks()

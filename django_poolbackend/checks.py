@@ -16,19 +16,37 @@ Ids are stable and never reused:
 ``E005``  (debug toolbar) ``PoolPanel`` is used but ``django_poolbackend`` is not installed
 ``E006``  (database)     PgBouncer in transaction mode with ``OPTIONS["assume_role"]``
 ``E007``                 a dotted path in ``reset`` or ``connect_params`` does not import
+``W006``                 a leftover ``POOL_OPTIONS`` of django-db-connection-pool
 ======================== ===================================================================
 
 The static checks read settings (E007 also imports the dotted paths they name,
-as the pool would). The database-tagged check (run by
-``manage.py check --database ALIAS`` and by ``migrate``) opens one short-lived
-connection per alias outside the pool, so it never leaves a connection checked out
-or a pool started in the checking process.
+as the pool would). The server check (run by ``manage.py check --database ALIAS``
+and by ``migrate``) opens one short-lived connection per alias outside the pool,
+so it never leaves a connection checked out or a pool started in the checking
+process.
+
+The static check carries only the tag ``django_poolbackend`` (``STATIC_TAGS``):
+Django 6.1 leaves every ``database``-tagged check out of a run that names no
+``--database`` (plain ``check``, ``check --deploy``, ``runserver``), and these
+need no server. The server check carries ``database`` too (``SERVER_TAGS``), so
+it runs exactly when Django's own database checks do.
+
+Who registers them: the app (``apps.py``), and the engines too, when Django
+imports one while it sets up (:func:`register_during_setup`). Defining any
+model opens nothing but imports the ``default`` alias's engine, so a project
+whose ``default`` is pooled has the checks without the app. Otherwise, the
+engines run the same checks for the aliases that ``--database`` names through
+Django's backend validation hook (:mod:`django_poolbackend.validation`), and the
+first pool of each process logs the warnings that need no server
+(:func:`log_settings_warnings`).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
+import re
 from typing import Any
 
 from django.conf import settings
@@ -41,6 +59,16 @@ from .aliases import is_pooled_engine
 #: Seconds the database check waits for a server that does not answer.
 CHECK_CONNECT_TIMEOUT = 5
 
+#: The static check's tags: the package's own (``check --tag django_poolbackend``
+#: selects it), and not ``database``, which would keep it out of every run that
+#: names no ``--database`` on Django 6.1.
+STATIC_TAGS = ("django_poolbackend",)
+#: The server check's tags: ``database``, so that it runs only where Django runs
+#: its own checks that talk to a server, and the package's own.
+SERVER_TAGS = (checks.Tags.database, "django_poolbackend")
+
+logger = logging.getLogger("django_poolbackend")
+
 #: PgBouncer pool modes in which a server connection changes between transactions.
 _TRANSACTION_POOLING = ("transaction", "statement")
 
@@ -49,6 +77,39 @@ def is_pooled(db: dict[str, Any]) -> bool:
     """Whether a DATABASES entry uses django_poolbackend (one of its engines, or a
     backend composed with the mixin): by the wrapper's class, not the ENGINE name."""
     return is_pooled_engine(db.get("ENGINE"))
+
+
+def register_checks() -> None:
+    """Register both checks with Django's registry. Its registry is a set, so the
+    app and the engines registering the same functions run them once."""
+    checks.register(check_pool_settings, *STATIC_TAGS)
+    checks.register(check_server_limits, *SERVER_TAGS)
+
+
+def register_during_setup() -> None:
+    """Register the checks from an engine's import, if Django is still setting up.
+
+    Only then: every check run starts after ``django.setup()``, so a check
+    registered now is in every run of the process. An engine imported later
+    may be imported by a run that has already listed its checks; the backend
+    validation hook reports for that alias instead, and registering then would
+    make a later run report twice.
+    """
+    from django.apps import apps
+
+    if not apps.ready:
+        register_checks()
+
+
+def registered() -> bool:
+    """Whether the package's checks are in Django's registry (by the app, or by an
+    engine imported while Django set up)."""
+    from django.core.checks.registry import registry
+
+    # Django keeps the function itself (register() only sets its tags); its stubs
+    # type the entries as wrapped callables, hence the plain objects.
+    present: list[object] = list(registry.get_checks(include_deployment_checks=True))
+    return check_pool_settings in present
 
 
 # -- static checks (no I/O) -------------------------------------------------------
@@ -97,22 +158,116 @@ def pool_settings_messages(databases: dict[str, dict[str, Any]]) -> list[checks.
                     id="django_poolbackend.E001",
                 )
             )
-        max_age = db.get("CONN_MAX_AGE", 0)
-        if max_age != 0:
-            errors.append(
-                checks.Warning(
-                    f"DATABASES[{alias!r}]['CONN_MAX_AGE'] is {max_age!r} with a "
-                    "pooled ENGINE: each thread keeps its connection out of the "
-                    "pool between requests.",
-                    hint="Set CONN_MAX_AGE to 0 so connections return to the pool "
-                    "at the end of each request; the pool keeps them open. Under ASGI "
-                    "a non-zero value exhausts the pool (each request's thread ends "
-                    "holding its connection).",
-                    id="django_poolbackend.W001",
-                )
-            )
+        errors.extend(settings_warnings(alias, db))
         errors.extend(_stock_pool_messages(alias, db))
     return errors
+
+
+def settings_warnings(alias: str, db: dict[str, Any]) -> list[checks.CheckMessage]:
+    """The warnings a settings dict earns by itself, without importing anything or
+    asking a server (W001, W006): what the first pool of a process logs."""
+    out: list[checks.CheckMessage] = []
+    max_age = db.get("CONN_MAX_AGE", 0)
+    if max_age != 0:
+        out.append(
+            checks.Warning(
+                f"DATABASES[{alias!r}]['CONN_MAX_AGE'] is {max_age!r} with a "
+                "pooled ENGINE: each thread keeps its connection out of the "
+                "pool between requests.",
+                hint="Set CONN_MAX_AGE to 0 so connections return to the pool "
+                "at the end of each request; the pool keeps them open. Under ASGI "
+                "a non-zero value exhausts the pool (each request's thread ends "
+                "holding its connection).",
+                id="django_poolbackend.W001",
+            )
+        )
+    if "POOL_OPTIONS" in db:
+        out.append(_pool_options_message(alias, db["POOL_OPTIONS"]))
+    return out
+
+
+#: The (pid, alias) pairs whose settings warnings this process has logged.
+_logged: set[tuple[int, str]] = set()
+
+
+def log_settings_warnings(alias: str, settings_dict: dict[str, Any]) -> None:
+    """Log each of :func:`settings_warnings` once per process and alias, when the
+    first pool is made.
+
+    A project that never runs ``manage.py check`` (or runs it without the app in
+    INSTALLED_APPS, where Django runs no check of ours unless ``--database`` is
+    given) still finds ``CONN_MAX_AGE`` or a leftover ``POOL_OPTIONS`` in its
+    logs. Ids listed in SILENCED_SYSTEM_CHECKS stay silent here too.
+    """
+    key = (os.getpid(), alias)
+    if key in _logged:
+        return
+    _logged.add(key)
+    silenced = set(getattr(settings, "SILENCED_SYSTEM_CHECKS", ()))
+    for message in settings_warnings(alias, settings_dict):
+        if message.id not in silenced:
+            logger.warning(
+                "Pool %r: %s (%s) HINT: %s", alias, message.msg, message.id, message.hint
+            )
+
+
+#: django-db-connection-pool's size defaults (``PoolContainer.pool_default_params``
+#: of version 1.2.6): its cap was POOL_SIZE + MAX_OVERFLOW, with these for a key
+#: left out.
+_DBCP_SIZES = {"POOL_SIZE": 10, "MAX_OVERFLOW": 10}
+#: The keys django-db-connection-pool reads; it ignored any other one silently.
+_DBCP_KEYS = ("POOL_SIZE", "MAX_OVERFLOW", "RECYCLE", "TIMEOUT", "PRE_PING", "ECHO")
+
+
+def _pool_options_message(alias: str, raw: Any) -> checks.CheckMessage:
+    """W006: django-db-connection-pool's ``POOL_OPTIONS`` is read by nobody here.
+
+    The hint translates the values given into ``POOL``, so that moving keeps the
+    cap the project ran with.
+    """
+    hint = (
+        f"Move the settings to DATABASES[{alias!r}]['POOL'] and delete POOL_OPTIONS: "
+        "POOL_SIZE + MAX_OVERFLOW -> max_size, TIMEOUT -> timeout, RECYCLE -> "
+        "max_lifetime (-1 -> None), PRE_PING -> pre_ping, ECHO -> the "
+        "django_poolbackend logger; POOL_SIZE -> min_size only to keep that many "
+        "connections open while idle."
+    )
+    suggestion = _pool_from_pool_options(raw)
+    if suggestion:
+        hint += f" For these values: 'POOL': {suggestion!r}."
+    return checks.Warning(
+        f"DATABASES[{alias!r}] has 'POOL_OPTIONS', the setting of "
+        "django-db-connection-pool; django_poolbackend does not read it, so it has "
+        "no effect and the pool runs with 'POOL' (or its defaults).",
+        hint=hint + " See the migration guide (docs/migrating.md).",
+        id="django_poolbackend.W006",
+    )
+
+
+def _pool_from_pool_options(raw: Any) -> dict[str, Any]:
+    """The ``POOL`` that keeps what *raw* (a ``POOL_OPTIONS``) asked for, as far as
+    it has an equivalent here; {} when there is nothing to translate."""
+    if not isinstance(raw, dict):
+        return {}
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    out: dict[str, Any] = {}
+    if "POOL_SIZE" in raw or "MAX_OVERFLOW" in raw:
+        sizes = {**_DBCP_SIZES, **raw}
+        size, overflow = sizes["POOL_SIZE"], sizes["MAX_OVERFLOW"]
+        # MAX_OVERFLOW = -1 (no cap) has no equivalent: this pool always has one.
+        if number(size) and number(overflow) and overflow >= 0 and size + overflow >= 1:
+            out["max_size"] = int(size + overflow)
+    if number(raw.get("TIMEOUT")):
+        out["timeout"] = raw["TIMEOUT"]
+    recycle: Any = raw.get("RECYCLE")
+    if number(recycle):
+        out["max_lifetime"] = None if recycle < 0 else recycle
+    if isinstance(raw.get("PRE_PING"), bool):
+        out["pre_ping"] = raw["PRE_PING"]
+    return out
 
 
 def _stock_pool_messages(alias: str, db: dict[str, Any]) -> list[checks.CheckMessage]:
@@ -239,24 +394,101 @@ def server_messages(alias: str, settings_dict: dict[str, Any]) -> list[checks.Ch
     wrapper = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(
         copy.deepcopy(settings_dict), alias
     )
-    password = settings_dict.get("PASSWORD") or ""
     try:
         facts = _server_facts(wrapper, settings_dict)
     except Exception as exc:
-        detail = (str(exc).strip().splitlines() or [""])[0][:200]
-        if password:
-            detail = detail.replace(password, "********")
-        return [
-            checks.Warning(
-                f"Could not check the connection limits of DATABASES[{alias!r}]: "
-                f"{type(exc).__name__}: {detail}",
-                hint="Run `manage.py check --database` again when the server is reachable.",
-                id="django_poolbackend.W003",
-            )
-        ]
+        return [unreachable_message(alias, settings_dict, exc)]
     return _limit_messages(alias, config, facts) + _pgbouncer_messages(
         alias, settings_dict, facts
     )
+
+
+def unreachable_message(
+    alias: str, settings_dict: dict[str, Any], exc: BaseException
+) -> checks.CheckMessage:
+    """W003: the check's connection failed, with a hint for that kind of failure."""
+    detail = (str(exc).strip().splitlines() or [""])[0][:200]
+    password = settings_dict.get("PASSWORD") or ""
+    if password:
+        detail = detail.replace(str(password), "********")
+    return checks.Warning(
+        f"Could not check the connection limits of DATABASES[{alias!r}]: "
+        f"{type(exc).__name__}: {detail}",
+        hint=_UNREACHABLE_HINTS[failure_kind(exc)].format(
+            alias=alias,
+            where=_where(settings_dict),
+            name=settings_dict.get("NAME") or "",
+        ),
+        id="django_poolbackend.W003",
+    )
+
+
+#: What W003's hint says for each kind of connect failure.
+_UNREACHABLE_HINTS = {
+    "unreachable": "Nothing answered at {where}: start the server, or fix "
+    "DATABASES[{alias!r}]['HOST'] and ['PORT'], then run `manage.py check --database "
+    "{alias}` again.",
+    "authentication": "The server refused the login: check DATABASES[{alias!r}]['USER'] "
+    "and ['PASSWORD'] (or what POOL['connect_params'] returns), and that the role or "
+    "account exists and may connect from this host (pg_hba.conf on PostgreSQL, the "
+    "account's host on MySQL). Every pooled connection would fail the same way.",
+    "database": "The database {name!r} does not exist on {where}: create it (migrate "
+    "does not), or fix DATABASES[{alias!r}]['NAME'].",
+    "full": "The server accepted no more connections: its limit or the account's is "
+    "reached. W002 compares the pool's worst case with that limit once this check "
+    "can connect; see the sizing guide.",
+    "other": "Run `manage.py check --database {alias}` again when the server is "
+    "reachable.",
+}
+
+#: MySQL/MariaDB client and server error numbers, by kind of failure.
+_MYSQL_KINDS = {
+    **dict.fromkeys((2002, 2003, 2005, 2006, 2013, 2055), "unreachable"),
+    **dict.fromkeys((1044, 1045, 1251, 1698, 2059), "authentication"),
+    1049: "database",
+    **dict.fromkeys((1040, 1203, 1226), "full"),
+}
+
+#: libpq's (and the PostgreSQL server's) messages, by kind of failure, in the
+#: order they are tried. English only: with translated messages the hint is the
+#: generic one.
+_POSTGRESQL_KINDS = tuple(
+    (kind, re.compile(pattern))
+    for kind, pattern in (
+        (
+            "authentication",
+            r"password authentication failed|authentication failed|no pg_hba\.conf entry"
+            r'|no password supplied|is not permitted to log in|role "[^"]*" does not exist',
+        ),
+        ("database", r'database "[^"]*" does not exist'),
+        ("full", r"too many clients|remaining connection slots|too many connections"),
+        (
+            "unreachable",
+            r"connection refused|could not translate host name|name or service not known"
+            r"|timeout expired|no route to host|network is unreachable"
+            r"|server closed the connection unexpectedly|no such file or directory",
+        ),
+    )
+)
+
+
+def failure_kind(exc: BaseException) -> str:
+    """Why a connect failed: "unreachable", "authentication", "database" (it does
+    not exist), "full" (no connection slot left) or "other"."""
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], int):  # mysqlclient: (errno, message)
+        return _MYSQL_KINDS.get(args[0], "other")
+    text = str(exc).lower()
+    for kind, pattern in _POSTGRESQL_KINDS:
+        if pattern.search(text):
+            return kind
+    return "other"
+
+
+def _where(settings_dict: dict[str, Any]) -> str:
+    host = settings_dict.get("HOST") or "localhost"
+    port = settings_dict.get("PORT")
+    return f"{host}:{port}" if port else str(host)
 
 
 def _server_facts(wrapper: Any, settings_dict: dict[str, Any]) -> dict[str, Any]:

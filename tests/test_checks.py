@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -28,9 +29,13 @@ from django.db.backends.postgresql import base as stock_postgresql
 from django_poolbackend import checks, pool_stats
 from django_poolbackend.mixin import PooledDatabaseWrapperMixin
 
-from .conftest import free_port, wait_for, wait_listening
+from .conftest import RUN_TAG, free_port, require_file, wait_for, wait_listening
+from .fresh_project import NO_ISSUES, FreshProject, copy_of, make_pristine
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
+
+#: A role of this run's own (two runs at once must not drop each other's).
+PLAIN_ROLE = f"dpb_h4_plain{RUN_TAG}"
 
 PGBOUNCER = "/usr/sbin/pgbouncer"
 
@@ -396,14 +401,13 @@ class Bouncer:
 def pgbouncer(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Bouncer]:
     """A private PgBouncer in transaction mode in front of the shared PostgreSQL,
     with one database alias in session mode, run as the postgres OS user."""
-    if not os.path.exists(PGBOUNCER):
-        pytest.skip(f"{PGBOUNCER} is missing (Debian package pgbouncer): PgBouncer not tested")
+    require_file(PGBOUNCER, "pgbouncer", "Debian package pgbouncer; ./dev installs it")
     with django_db_blocker.unblock():
         test_db = connections["default"].settings_dict["NAME"]
     workdir = Path(tempfile.mkdtemp(prefix="dpb_h4_pgbouncer_"))
     port = free_port()
     session_db = "dpb_h4_session"
-    (workdir / "users.txt").write_text('"postgres" ""\n"dpb_h4_plain" ""\n')
+    (workdir / "users.txt").write_text(f'"postgres" ""\n"{PLAIN_ROLE}" ""\n')
     (workdir / "pgbouncer.ini").write_text(
         "[databases]\n"
         f"{session_db} = host=127.0.0.1 port=5432 dbname={test_db} pool_mode=session\n"
@@ -469,15 +473,15 @@ def test_pgbouncer_safe_settings_are_silent(pgbouncer):
 
 def test_pgbouncer_mode_unknown_without_admin_rights(pgbouncer):
     admin = psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True)
-    admin.execute("DROP ROLE IF EXISTS dpb_h4_plain")
-    admin.execute("CREATE ROLE dpb_h4_plain LOGIN")
+    admin.execute(f"DROP ROLE IF EXISTS {PLAIN_ROLE}")
+    admin.execute(f"CREATE ROLE {PLAIN_ROLE} LOGIN")
     try:
-        plain = via_bouncer(pgbouncer, USER="dpb_h4_plain")
+        plain = via_bouncer(pgbouncer, USER=PLAIN_ROLE)
         silent = checks.server_messages("default", plain)
         options = {**plain["OPTIONS"], "prepare_threshold": 5}
         messages = checks.server_messages("default", {**plain, "OPTIONS": options})
     finally:
-        admin.execute("DROP ROLE dpb_h4_plain")
+        admin.execute(f"DROP ROLE {PLAIN_ROLE}")
         admin.close()
     # Nothing that transaction mode breaks is on: nothing to say.
     assert silent == []
@@ -493,3 +497,288 @@ def test_pgbouncer_client_limit(pgbouncer, monkeypatch):
     (message,) = checks.server_messages("default", db)
     assert message.id == "django_poolbackend.W002"
     assert "PgBouncer accepts 100 clients (max_client_conn)" in message.msg
+
+
+# -- W003: a hint for the kind of failure ---------------------------------------------
+
+AUTH_HINT = (
+    "The server refused the login: check DATABASES[{alias!r}]['USER'] and ['PASSWORD'] "
+    "(or what POOL['connect_params'] returns), and that the role or account exists and "
+    "may connect from this host (pg_hba.conf on PostgreSQL, the account's host on "
+    "MySQL). Every pooled connection would fail the same way."
+)
+DATABASE_HINT = (
+    "The database 'dpb_e_no_such_db' does not exist on 127.0.0.1:{port}: create it "
+    "(migrate does not), or fix DATABASES[{alias!r}]['NAME']."
+)
+UNREACHABLE_HINT = (
+    "Nothing answered at 127.0.0.1:{port}: start the server, or fix "
+    "DATABASES[{alias!r}]['HOST'] and ['PORT'], then run `manage.py check --database "
+    "{alias}` again."
+)
+
+
+@pytest.mark.parametrize("alias", ["default", "mysql"])
+@pytest.mark.parametrize("case", ["authentication", "database", "unreachable"])
+def test_w003_hint_matches_the_failure(alias, case):
+    db = copy.deepcopy(connections[alias].settings_dict)
+    password = "dpb-e-wrong-password"
+    if case == "authentication":
+        # PostgreSQL trusts every role that exists: a missing role is refused.
+        db.update(USER="dpb_e_no_such_role") if alias == "default" else db.update(
+            PASSWORD=password
+        )
+        hint = AUTH_HINT
+    elif case == "database":
+        db.update(NAME="dpb_e_no_such_db")
+        hint = DATABASE_HINT
+    else:
+        db.update(PORT=str(free_port()), PASSWORD=password)
+        hint = UNREACHABLE_HINT
+    (message,) = checks.server_messages(alias, db)
+    assert message.id == "django_poolbackend.W003"
+    assert message.msg.startswith(
+        f"Could not check the connection limits of DATABASES[{alias!r}]: OperationalError: "
+    )
+    assert message.hint == hint.format(alias=alias, port=db["PORT"])
+    assert password not in message.msg + message.hint
+
+
+@pytest.fixture
+def full_pg_role() -> Iterator[str]:
+    role = f"dpb_e_full_{os.getpid()}"
+    admin = psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True)
+    admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+    try:
+        yield role
+    finally:
+        admin.execute(f"DROP ROLE {role}")
+        admin.close()
+
+
+def test_w003_hint_for_a_server_that_accepts_no_more_connections(full_pg_role):
+    (message,) = checks.server_messages("default", pooled(USER=full_pg_role))
+    assert message.id == "django_poolbackend.W003"
+    assert "too many connections for role" in message.msg
+    assert message.hint == (
+        "The server accepted no more connections: its limit or the account's is reached. "
+        "W002 compares the pool's worst case with that limit once this check can connect; "
+        "see the sizing guide."
+    )
+
+
+def test_w003_docs_show_the_hint_the_check_gives():
+    page = (Path(__file__).resolve().parent.parent / "docs" / "troubleshooting.md").read_text()
+    hint = AUTH_HINT.format(alias="default")
+    assert f"\tHINT: {hint}\n" in page
+    assert f"could not connect (django_poolbackend.W003). {hint}\n" in page
+
+
+# -- W006: django-db-connection-pool's POOL_OPTIONS ------------------------------------
+
+W006_MSG = (
+    "DATABASES['default'] has 'POOL_OPTIONS', the setting of django-db-connection-pool; "
+    "django_poolbackend does not read it, so it has no effect and the pool runs with "
+    "'POOL' (or its defaults)."
+)
+W006_HINT = (
+    "Move the settings to DATABASES['default']['POOL'] and delete POOL_OPTIONS: "
+    "POOL_SIZE + MAX_OVERFLOW -> max_size, TIMEOUT -> timeout, RECYCLE -> max_lifetime "
+    "(-1 -> None), PRE_PING -> pre_ping, ECHO -> the django_poolbackend logger; "
+    "POOL_SIZE -> min_size only to keep that many connections open while idle.{values} "
+    "See the migration guide (docs/migrating.md)."
+)
+
+
+@pytest.mark.parametrize(
+    ("pool_options", "values"),
+    [
+        (
+            {"POOL_SIZE": 4, "MAX_OVERFLOW": 4, "RECYCLE": 3600, "TIMEOUT": 10},
+            " For these values: 'POOL': {'max_size': 8, 'timeout': 10, 'max_lifetime': 3600}.",
+        ),
+        # A key left out had django-db-connection-pool's default (MAX_OVERFLOW 10).
+        ({"POOL_SIZE": 5}, " For these values: 'POOL': {'max_size': 15}."),
+        (
+            {"RECYCLE": -1, "PRE_PING": False},
+            " For these values: 'POOL': {'max_lifetime': None, 'pre_ping': False}.",
+        ),
+        # No cap (MAX_OVERFLOW = -1) has no equivalent; nothing else to translate.
+        ({"POOL_SIZE": 4, "MAX_OVERFLOW": -1}, ""),
+        ({"ECHO": True, "pool_size": 3}, ""),
+        ("not a dict", ""),
+    ],
+)
+def test_w006_pool_options_left_over(pool_options, values):
+    (message,) = checks.pool_settings_messages({"default": pooled(POOL_OPTIONS=pool_options)})
+    assert message.id == "django_poolbackend.W006"
+    assert message.msg == W006_MSG
+    assert message.hint == W006_HINT.format(values=values)
+
+
+def test_w006_docs_show_the_message_the_check_gives():
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    values = " For these values: 'POOL': {'max_size': 8, 'timeout': 10, 'max_lifetime': 3600}."
+    shown = f"{W006_MSG}\n\tHINT: {W006_HINT.format(values=values)}\n"
+    assert shown in (docs / "troubleshooting.md").read_text()
+    assert f"(django_poolbackend.W006) {shown}" in (docs / "migrating.md").read_text()
+
+
+def test_w006_silent_without_pool_options_and_on_the_stock_engine():
+    assert checks.pool_settings_messages({"default": pooled()}) == []
+    stock = pooled(ENGINE="django.db.backends.postgresql", POOL_OPTIONS={"POOL_SIZE": 4})
+    assert checks.pool_settings_messages({"default": stock}) == []
+
+
+# -- tags and registration: every `check` runs the static check, app or not ----------
+
+
+def test_every_check_of_the_package_is_tagged_and_registered_once():
+    from django.core.checks.registry import registry
+
+    ours = [
+        (check.__name__, set(check.tags))
+        for check in registry.get_checks(include_deployment_checks=True)
+        if check.__module__ == "django_poolbackend.checks"
+    ]
+    # Not "database" on the static one: Django 6.1 leaves database-tagged checks
+    # out of every run without --database (plain check, check --deploy, runserver).
+    assert sorted(ours) == [
+        ("check_pool_settings", {"django_poolbackend"}),
+        ("check_server_limits", {"database", "django_poolbackend"}),
+    ]
+    assert checks.registered()
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pristine(tmp_path_factory.mktemp("dpb_e_checks_pristine"))
+
+
+@pytest.fixture
+def project(pristine: Path, tmp_path: Path) -> FreshProject:
+    return copy_of(pristine, tmp_path / "project")
+
+
+APP_LINE = 'INSTALLED_APPS += ["django_poolbackend"]'
+
+#: The mistakes of issue 18 in one DATABASES entry, as a user would paste them; the
+#: port answers nothing, so a check that tried to connect would say W003.
+MISTAKES = """
+DATABASES = {{
+    "default": {{
+        "ENGINE": "django_poolbackend.postgresql",
+        "NAME": "app",
+        "HOST": "127.0.0.1",
+        "PORT": "{port}",
+        "CONN_MAX_AGE": None,
+        "POOL": {{"maxsize": 4}},
+        "POOL_OPTIONS": {{"POOL_SIZE": 4, "MAX_OVERFLOW": 4}},
+    }}
+}}
+"""
+
+E001_MAXSIZE = (
+    "?: (django_poolbackend.E001) DATABASES['default']['POOL'] has an unknown key "
+    "'maxsize': allowed keys are min_size, max_size, timeout, max_waiting, max_lifetime, "
+    "max_idle, max_uses, pre_ping, reset, leak_timeout, connect_params, expected_processes."
+    "\n\tHINT: Fix the pool settings; the documentation's configuration reference lists "
+    "every key with its type and default.\n"
+)
+W001_NONE = (
+    "?: (django_poolbackend.W001) DATABASES['default']['CONN_MAX_AGE'] is None with a "
+    "pooled ENGINE: each thread keeps its connection out of the pool between requests."
+    "\n\tHINT: Set CONN_MAX_AGE to 0 so connections return to the pool at the end of each "
+    "request; the pool keeps them open. Under ASGI a non-zero value exhausts the pool "
+    "(each request's thread ends holding its connection).\n"
+)
+W006_SHOWN = "?: (django_poolbackend.W006) {msg}\n\tHINT: {hint}\n".format(
+    msg=W006_MSG,
+    hint=W006_HINT.format(values=" For these values: 'POOL': {'max_size': 8}."),
+)
+
+
+@pytest.mark.parametrize("app", [True, False], ids=["with_app", "without_app"])
+@pytest.mark.parametrize("command", [["check"], ["check", "--deploy"]], ids=" ".join)
+def test_first_hour_mistakes_are_reported_without_a_server(project, app, command):
+    """Plain `check` and `check --deploy` (no --database) report the settings
+    mistakes, once each, with or without the app, and never connect (no W003)."""
+    project.paste(MISTAKES.format(port=free_port()))
+    if app:
+        project.paste(APP_LINE)
+    result = project.manage(*command)
+    assert result.returncode == 1, result.stderr
+    for shown in (E001_MAXSIZE, W001_NONE, W006_SHOWN):
+        assert shown in result.stderr
+    for check_id in ("E001", "W001", "W006"):
+        assert result.stderr.count(f"(django_poolbackend.{check_id})") == 1
+    assert "W003" not in result.stderr
+
+
+@pytest.mark.parametrize("app", [True, False], ids=["with_app", "without_app"])
+def test_check_database_reports_capacity_and_conn_max_age_once(project, app):
+    """Issue 18: `CONN_MAX_AGE=None` and `max_size=500` passed `check --database
+    default` with "no issues" without the app."""
+    name = connections["default"].settings_dict["NAME"]  # this run's test database
+    project.paste(
+        MISTAKES.format(port=5432)
+        .replace('"NAME": "app"', f'"NAME": {name!r}, "USER": "postgres"')
+        .replace('{"maxsize": 4}', '{"max_size": 500}')
+        .replace('        "POOL_OPTIONS": {"POOL_SIZE": 4, "MAX_OVERFLOW": 4},\n', "")
+    )
+    if app:
+        project.paste(APP_LINE)
+    result = project.manage("check", "--database", "default")
+    assert result.returncode == 0, result.stderr
+    assert W001_NONE in result.stderr
+    assert (
+        "?: (django_poolbackend.W002) DATABASES['default']: POOL['max_size'] is 500 in a "
+        "single process, but the server allows "
+    ) in result.stderr
+    for check_id in ("W001", "W002"):
+        assert result.stderr.count(f"(django_poolbackend.{check_id})") == 1
+    assert result.stderr.endswith("System check identified 2 issues (0 silenced).\n")
+
+
+def test_a_pooled_alias_other_than_default_is_checked_with_database(project, tmp_path):
+    """Without the app, only the default alias's engine is imported while Django
+    sets up: another pooled alias is checked by `check --database` (the backend
+    validation hook), as the troubleshooting page says, and only once."""
+    project.paste(
+        "DATABASES['other'] = {'ENGINE': 'django_poolbackend.sqlite3', "
+        f"'NAME': {str(tmp_path / 'other.sqlite3')!r}, 'CONN_MAX_AGE': 60}}"
+    )
+    plain = project.manage("check")
+    assert (plain.returncode, plain.stdout, plain.stderr) == (0, NO_ISSUES, "")
+    named = project.manage("check", "--database", "other")
+    assert named.returncode == 0, named.stderr
+    assert (
+        "?: (django_poolbackend.W001) DATABASES['other']['CONN_MAX_AGE'] is 60 with a "
+        "pooled ENGINE"
+    ) in named.stderr
+    assert named.stderr.count("(django_poolbackend.W001)") == 1
+    # With the app, every check names it.
+    project.paste(APP_LINE)
+    assert project.manage("check").stderr.count("(django_poolbackend.W001)") == 1
+
+
+def test_first_pool_logs_the_settings_warnings_once(make_pooled, vendor, caplog, settings):
+    """Item 2's other half: a process that never runs `check` logs W001 and W006
+    when it makes its first pool, once per alias; a silenced id stays silent."""
+    pooled = make_pooled(vendor, max_size=1)
+    pooled.settings_dict.update(CONN_MAX_AGE=60, POOL_OPTIONS={"POOL_SIZE": 4})
+    settings.SILENCED_SYSTEM_CHECKS = ["django_poolbackend.W006"]
+    with caplog.at_level(logging.WARNING, logger="django_poolbackend"):
+        for _ in range(2):
+            wrapper = pooled.wrapper()
+            pooled.backend_id(wrapper)
+            wrapper.close()
+    logged = [r.getMessage() for r in caplog.records if r.name == "django_poolbackend"]
+    assert logged == [
+        f"Pool {pooled.alias!r}: DATABASES[{pooled.alias!r}]['CONN_MAX_AGE'] is 60 with a "
+        "pooled ENGINE: each thread keeps its connection out of the pool between requests. "
+        "(django_poolbackend.W001) HINT: Set CONN_MAX_AGE to 0 so connections return to "
+        "the pool at the end of each request; the pool keeps them open. Under ASGI a "
+        "non-zero value exhausts the pool (each request's thread ends holding its "
+        "connection)."
+    ]

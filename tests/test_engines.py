@@ -22,6 +22,8 @@ from django.db.utils import load_backend
 
 from django_poolbackend import PoolTimeout, checks, registry
 
+from .conftest import require_module, require_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 SUFFIX = os.environ.get("DPB_TEST_DB_SUFFIX", "")
 _numbers = itertools.count()
@@ -433,8 +435,7 @@ def postgis_db() -> Any:
     import psycopg
 
     reason = _gis_available()
-    if reason:
-        pytest.skip(reason)
+    require_tool("gdal", not reason, reason or "")
     name = "dpb_gis" + SUFFIX
     admin = psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True)
     available = admin.execute(
@@ -442,8 +443,10 @@ def postgis_db() -> Any:
     ).fetchone()
     if not available:
         admin.close()
-        pytest.skip(
-            "PostGIS is not installed for this PostgreSQL server (Debian: postgresql-N-postgis-3)"
+        require_tool(
+            "postgis",
+            False,
+            "not installed for this PostgreSQL server (Debian: postgresql-N-postgis-3)",
         )
     admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.execute(f'CREATE DATABASE "{name}"')
@@ -516,8 +519,7 @@ def mariadb_gis_db() -> Any:
     import MySQLdb
 
     reason = _gis_available()
-    if reason:
-        pytest.skip(reason)
+    require_tool("gdal", not reason, reason or "")
     name = "dpb_gis" + SUFFIX
     admin = MySQLdb.connect(host="127.0.0.1", user="root", autocommit=True)
     admin.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
@@ -567,7 +569,7 @@ def test_mysql_gis_spatial_queries_on_a_reused_connection(
 
 @pytest.mark.django_db
 def test_a_third_party_backend_pooled_by_composition(engines: Any) -> None:
-    pytest.importorskip("django_prometheus", reason="pip install django-prometheus")
+    require_module("django_prometheus", "django-prometheus", "pip install django-prometheus")
     from django_prometheus.db import connections_total, execute_total
 
     from django_poolbackend.mixin import PooledDatabaseWrapperMixin
@@ -595,3 +597,67 @@ def test_a_third_party_backend_pooled_by_composition(engines: Any) -> None:
     assert len(set(backends)) == 1
     stats = engine.pool.stats()
     assert (stats["connects"], stats["checkouts"]) == (1, 5)
+
+
+# -- PoolTimeout names CONN_MAX_AGE (issue 18, item 3) ---------------------------------
+
+
+def _request(wrapper: Any) -> None:
+    """One request of a thread, as Django runs it: a query, then what
+    ``close_old_connections`` does at ``request_finished``."""
+    with wrapper.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    wrapper.close_if_unusable_or_obsolete()
+
+
+TIMEOUT_ADVICE = (
+    "Raise POOL['max_size'] (within the server's connection limit) or POOL['timeout'], "
+    "keep work that holds a connection short, or set POOL['leak_timeout'] to find code "
+    "that holds one too long."
+)
+
+
+def test_pool_timeout_names_conn_max_age_when_threads_keep_their_connections(
+    sqlite: Any,
+) -> None:
+    """gthread with CONN_MAX_AGE=None: a thread keeps its connection after its
+    request, the next thread's request waits for it and times out, and the message
+    says why and what to do. Each wrapper is one thread's connection."""
+    engine = sqlite(max_size=1, timeout=0.2)
+    engine.settings_dict["CONN_MAX_AGE"] = None
+    _request(engine.wrapper())
+    assert engine.pool.stats()["in_use"] == 1  # kept between requests
+    with pytest.raises(PoolTimeout) as info:
+        _request(engine.wrapper())
+    assert str(info.value) == (
+        f"couldn't get a connection to database {engine.alias!r} after waiting 0.2 s: "
+        "1 connections are in use (max_size=1) and 0 other requests are waiting. "
+        f"DATABASES[{engine.alias!r}]['CONN_MAX_AGE'] is None, so each thread keeps its "
+        "connection out of the pool between requests, busy or not: set it to 0, so that "
+        "connections go back to the pool at the end of each request (the pool keeps them "
+        "open). " + TIMEOUT_ADVICE
+    )
+    # The troubleshooting page shows this message and says what to do.
+    page = (ROOT / "docs" / "troubleshooting.md").read_text()
+    assert (
+        "after waiting 10.0 s: 4 connections are in use (max_size=4) and 2 other requests "
+        "are waiting. DATABASES['default']['CONN_MAX_AGE'] is None, so each thread keeps "
+        "its connection out of the pool between requests, busy or not: set it to 0, so "
+        "that connections go back to the pool at the end of each request (the pool keeps "
+        "them open). " + TIMEOUT_ADVICE + "\n"
+    ) in page
+
+
+def test_with_conn_max_age_zero_the_same_requests_share_one_connection(sqlite: Any) -> None:
+    engine = sqlite(max_size=1, timeout=0.2)
+    engine.settings_dict["CONN_MAX_AGE"] = 0
+    first, second = engine.wrapper(), engine.wrapper()
+    _request(first)
+    _request(second)
+    stats = engine.pool.stats()
+    assert (stats["in_use"], stats["checkouts"], stats["connects"], stats["timeouts"]) == (
+        0,
+        2,
+        1,
+        0,
+    )

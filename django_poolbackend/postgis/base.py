@@ -11,10 +11,15 @@ except ImproperlyConfigured as exc:
     ) from exc
 
 from .. import registry
+from ..checks import register_during_setup
 from ..mixin import PooledDatabaseWrapperMixin
+from ..validation import pooled_validation
 
 
 class DatabaseWrapper(PooledDatabaseWrapperMixin, base.DatabaseWrapper):
+    # The pool's system checks run through Django's backend validation too.
+    validation_class = pooled_validation(base.DatabaseWrapper.validation_class)
+
     def prepare_database(self) -> None:
         # GeoDjango registers the geometry types on each connection when it is
         # opened, and finds none while the extension does not exist yet. A pooled
@@ -29,3 +34,9 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, base.DatabaseWrapper):
             pool = registry.pools.get(self.alias)
             if pool is not None:
                 pool.drain()
+
+
+# Imported while Django sets up (defining a model imports the default alias's
+# engine), the engine registers the pool's checks itself: every `manage.py check`
+# then runs them, with or without django_poolbackend in INSTALLED_APPS.
+register_during_setup()

@@ -18,10 +18,15 @@ from __future__ import annotations
 from django.db.backends.sqlite3 import base
 from django.utils.asyncio import async_unsafe
 
+from ..checks import register_during_setup
 from ..mixin import PooledDatabaseWrapperMixin
+from ..validation import pooled_validation
 
 
 class DatabaseWrapper(PooledDatabaseWrapperMixin, base.DatabaseWrapper):
+    # The pool's system checks run through Django's backend validation too.
+    validation_class = pooled_validation(base.DatabaseWrapper.validation_class)
+
     # reset="full" is refused where every POOL setting is read
     # (django_poolbackend.conf), so manage.py check reports it too.
 
@@ -40,3 +45,9 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, base.DatabaseWrapper):
         if self._dpb_slot is None and self.is_in_memory_db():
             return
         super()._dpb_forget_inherited()
+
+
+# Imported while Django sets up (defining a model imports the default alias's
+# engine), the engine registers the pool's checks itself: every `manage.py check`
+# then runs them, with or without django_poolbackend in INSTALLED_APPS.
+register_during_setup()
