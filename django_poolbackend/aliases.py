@@ -2,8 +2,9 @@
 
 By the wrapper's class, never by the ``ENGINE`` name: a third-party backend
 composed with :class:`~django_poolbackend.mixin.PooledDatabaseWrapperMixin` lives
-in the user's own module and is pooled all the same. The mixin is imported when
-asked, so importing this module imports no backend.
+in the user's own module and is pooled all the same. The class answers through its
+``is_pooled_backend`` attribute, which the mixin sets, so this module never imports
+the mixin and importing it imports no backend.
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ def is_pooled_alias(alias: str) -> bool:
     """
     from django.db import connections
 
-    from .mixin import PooledDatabaseWrapperMixin
-
     try:
         wrapper = connections[alias]
     except Exception:
         return False
-    return isinstance(wrapper, PooledDatabaseWrapperMixin)
+    return getattr(type(wrapper), "is_pooled_backend", False) is True
 
 
 def pooled_aliases() -> list[str]:
@@ -42,10 +41,8 @@ def is_pooled_engine(engine: Any) -> bool:
     handed to the system checks, the snapshot directory's project hash)."""
     from django.db.utils import load_backend
 
-    from .mixin import PooledDatabaseWrapperMixin
-
     try:
         cls = load_backend(str(engine or "")).DatabaseWrapper
     except Exception:  # Django's own checks report an ENGINE that doesn't load.
         return False
-    return isinstance(cls, type) and issubclass(cls, PooledDatabaseWrapperMixin)
+    return isinstance(cls, type) and getattr(cls, "is_pooled_backend", False) is True

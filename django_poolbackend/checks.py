@@ -53,7 +53,7 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
-from . import conf
+from . import conf, introspect
 from .aliases import is_pooled_engine
 
 #: Seconds the database check waits for a server that does not answer.
@@ -68,10 +68,6 @@ STATIC_TAGS = ("django_poolbackend",)
 SERVER_TAGS = (checks.Tags.database, "django_poolbackend")
 
 logger = logging.getLogger("django_poolbackend")
-
-#: PgBouncer pool modes in which a server connection changes between transactions.
-_TRANSACTION_POOLING = ("transaction", "statement")
-
 
 def is_pooled(db: dict[str, Any]) -> bool:
     """Whether a DATABASES entry uses django_poolbackend (one of its engines, or a
@@ -281,8 +277,6 @@ def _stock_pool_messages(alias: str, db: dict[str, Any]) -> list[checks.CheckMes
     (3) Django's class-level registry of its own pools holds this alias.
     Not detectable: code that builds a psycopg_pool by hand.
     """
-    from .mixin import PooledDatabaseWrapperMixin
-
     out: list[checks.CheckMessage] = []
     hint = (
         "Put PooledDatabaseWrapperMixin first in the bases of the DatabaseWrapper "
@@ -298,7 +292,7 @@ def _stock_pool_messages(alias: str, db: dict[str, Any]) -> list[checks.CheckMes
     overridden = [
         name
         for name in ("__init__", "connect", "_close")
-        if not _resolves_to_mixin(cls, name, PooledDatabaseWrapperMixin)
+        if not _resolves_to_mixin(cls, name)
     ]
     if overridden:
         out.append(
@@ -342,12 +336,17 @@ def _stock_pool_messages(alias: str, db: dict[str, Any]) -> list[checks.CheckMes
     return out
 
 
-def _resolves_to_mixin(cls: type, name: str, mixin: type) -> bool:
+def _resolves_to_mixin(cls: type, name: str) -> bool:
+    """Whether *cls* takes *name* from django_poolbackend's mixin or a subclass of it.
+
+    The pooled classes are told by their ``is_pooled_backend`` attribute, so this
+    module need not import the mixin. An override in a subclass of the mixin is
+    the user's own (and calls super()); one in a stock class ahead of the mixin
+    bypasses the pool.
+    """
     for klass in cls.__mro__:
         if name in vars(klass):
-            # An override in a subclass of the mixin is the user's own (and
-            # calls super()); one in a stock class ahead of the mixin is not.
-            return issubclass(klass, mixin)
+            return bool(getattr(klass, "is_pooled_backend", False))
     return False
 
 
@@ -492,143 +491,15 @@ def _where(settings_dict: dict[str, Any]) -> str:
 
 
 def _server_facts(wrapper: Any, settings_dict: dict[str, Any]) -> dict[str, Any]:
-    params = wrapper._dpb_params() if hasattr(wrapper, "_dpb_params") else (
-        wrapper.get_connection_params()
+    params = (
+        wrapper.pool_connect_params()
+        if getattr(type(wrapper), "is_pooled_backend", False)
+        else wrapper.get_connection_params()
     )
     params.setdefault("connect_timeout", CHECK_CONNECT_TIMEOUT)
-    conn = wrapper.get_new_connection(params)
-    try:
-        if wrapper.vendor == "postgresql":
-            facts = _postgresql_facts(conn)
-            if facts["proxied"]:
-                facts["pgbouncer"] = _pgbouncer_admin(wrapper, params, settings_dict)
-            else:
-                facts["pgbouncer"] = None
-            facts["prepare_threshold"] = getattr(conn, "prepare_threshold", None)
-            return facts
-        if wrapper.vendor == "mysql":
-            return _mysql_facts(conn)
-        return {"limits": []}
-    finally:
-        try:
-            conn.close()
-        except Exception:
-            pass
-
-
-def _rows(conn: Any, sql: str) -> list[tuple[Any, ...]]:
-    cursor = conn.cursor()
-    try:
-        cursor.execute(sql)
-        return list(cursor.fetchall())
-    finally:
-        cursor.close()
-
-
-def _postgresql_facts(conn: Any) -> dict[str, Any]:
-    (row,) = _rows(
-        conn,
-        "SELECT current_setting('max_connections')::int, "
-        "current_setting('superuser_reserved_connections')::int, "
-        "coalesce(current_setting('reserved_connections', true), '0')::int, "
-        "(SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user), "
-        "(SELECT datconnlimit FROM pg_database WHERE datname = current_database()), "
-        "pg_backend_pid()",
+    return introspect.server_facts(
+        wrapper, params, settings_dict.get("NAME") or "", settings_dict.get("USER") or ""
     )
-    max_conn, su_reserved, reserved, role_limit, db_limit, backend_pid = row
-    conn.rollback()
-    usable = max_conn - su_reserved - reserved
-    how = f"max_connections {max_conn} - superuser_reserved_connections {su_reserved}"
-    if reserved:
-        how += f" - reserved_connections {reserved}"
-    limits = [(usable, f"the server allows {usable} ({how})")]
-    if role_limit is not None and role_limit >= 0:
-        limits.append((role_limit, f"the role's CONNECTION LIMIT is {role_limit}"))
-    if db_limit is not None and db_limit >= 0:
-        limits.append((db_limit, f"the database's CONNECTION LIMIT is {db_limit}"))
-    # PgBouncer (and other proxies) answer the startup with a backend key of their
-    # own: the client-side pid then differs from the server's pg_backend_pid().
-    info = getattr(conn, "info", None)
-    client_pid = getattr(info, "backend_pid", None)
-    version = ""
-    if info is not None and hasattr(info, "parameter_status"):
-        version = info.parameter_status("server_version") or ""
-    proxied = "bouncer" in version.lower() or (
-        client_pid is not None and client_pid != backend_pid
-    )
-    return {"limits": limits, "proxied": proxied}
-
-
-def _mysql_facts(conn: Any) -> dict[str, Any]:
-    ((max_conn, max_user),) = _rows(conn, "SELECT @@max_connections, @@max_user_connections")
-    limits = [(int(max_conn), f"the server allows {int(max_conn)} (max_connections)")]
-    if max_user and int(max_user) > 0:
-        limits.append(
-            (int(max_user), f"the account may open {int(max_user)} (max_user_connections)")
-        )
-    return {"limits": limits}
-
-
-def _pgbouncer_admin(
-    wrapper: Any, params: dict[str, Any], settings_dict: dict[str, Any]
-) -> dict[str, Any]:
-    """PgBouncer's own view, from its admin console (``SHOW POOLS``, ``SHOW CONFIG``).
-
-    Only users listed in PgBouncer's ``admin_users``/``stats_users`` may ask; for
-    anyone else the pool mode stays unknown.
-    """
-    admin_params = {
-        k: v for k, v in params.items() if k not in ("context", "cursor_factory", "database")
-    }
-    admin_params["dbname"] = "pgbouncer"
-    try:
-        conn = wrapper.Database.connect(**admin_params)
-    except Exception:
-        return {"mode": None}
-    try:
-        conn.autocommit = True
-        pools = _simple_query(conn, "SHOW POOLS")
-        config = dict((row[0], row[1]) for row in _simple_query(conn, "SHOW CONFIG"))
-    except Exception:
-        return {"mode": None}
-    finally:
-        try:
-            conn.close()
-        except Exception:
-            pass
-    mode = None
-    database = settings_dict.get("NAME") or ""
-    user = settings_dict.get("USER") or ""
-    for row in pools:
-        # database, user, ..., pool_mode (the last column).
-        if row[0] == database and (not user or row[1] == user):
-            mode = row[-1]
-            break
-    mode = mode or config.get("pool_mode")
-    prepared = config.get("max_prepared_statements") or "0"
-    max_client = config.get("max_client_conn")
-    return {
-        "mode": mode,
-        "prepared_statements": prepared.isdigit() and int(prepared) > 0,
-        "max_client_conn": int(max_client) if max_client and max_client.isdigit() else None,
-    }
-
-
-def _simple_query(conn: Any, sql: str) -> list[tuple[Any, ...]]:
-    # PgBouncer's admin console speaks only the simple query protocol.
-    pgconn = getattr(conn, "pgconn", None)
-    if pgconn is None:  # psycopg2 always uses it.
-        return _rows(conn, sql)
-    result = pgconn.exec_(sql.encode())
-    if result.status != 2:  # TUPLES_OK
-        raise conn.OperationalError(f"{sql} failed")
-    return [
-        tuple(
-            None if (v := result.get_value(r, c)) is None else v.decode()
-            for c in range(result.nfields)
-        )
-        for r in range(result.ntuples)
-    ]
 
 
 def _limit_messages(alias: str, config: Any, facts: dict[str, Any]) -> list[checks.CheckMessage]:
@@ -676,7 +547,7 @@ def _pgbouncer_messages(
         return []
     bouncer = facts.get("pgbouncer") or {}
     mode = bouncer.get("mode")
-    if mode is not None and mode not in _TRANSACTION_POOLING:
+    if mode is not None and mode not in introspect.TRANSACTION_POOLING:
         return []  # session pooling keeps a server connection per client.
     prepared_on = facts.get("prepare_threshold") is not None and not bouncer.get(
         "prepared_statements"

@@ -7,6 +7,7 @@ replayed from the toolbar's store (history panel, ``render_panel``) shows the sa
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from typing import Any
 
@@ -150,7 +151,9 @@ class PoolPanel(Panel):
             pools.append(
                 {
                     "alias": alias,
-                    "open": "size" in snapshot,
+                    # Whether this process has made the alias's pool yet (every
+                    # snapshot has a size, zero or not, so it cannot tell).
+                    "open": _has_pool(alias),
                     "identity_rows": [[k, _text(v)] for k, v in identity.items()],
                     "figure_rows": _pairs([[k, _text(v)] for k, v in figures.items()]),
                     "config_rows": _pairs(config_rows),
@@ -167,3 +170,9 @@ class PoolPanel(Panel):
             "pools": pools,
             "recorded": rec is not None,
         }
+
+
+def _has_pool(alias: str) -> bool:
+    """Whether this process has a pool of its own for *alias*."""
+    pool = registry.pools.get(alias)
+    return pool is not None and pool.pid == os.getpid()

@@ -2,7 +2,8 @@
 
 Each process that has a pool writes ``<pid>.json`` into a directory shared by the
 processes serving the same settings (all of a host's Gunicorn workers):
-``manage.py poolstats`` and the Prometheus collector read them. Files, not a
+``manage.py poolstats`` (through :mod:`django_poolbackend.snapshots`, which sums
+them up) and the Prometheus collector read them. Files, not a
 socket or shared memory, because they need no server, survive nothing (a dead
 process's file is dropped by the next reader) and work across any process model;
 ``prometheus_client``'s multiprocess mode works the same way.
@@ -624,19 +625,33 @@ def attach(pool: Pool) -> None:
     from . import registry
 
     registry.add_fork_hook(_after_fork)
+    registry.add_retire_hook(_retired)
+    registry.add_exit_hook(_exited)
     try:
         dirfd = _writer_dir(stats_dir())
         if dirfd is not None:
             try:
-                pool.extra["drain_generation"], pool.extra["drain_seen"] = _read_generation(
-                    dirfd, pool.name
-                )
+                context = pool.context
+                context.drain_generation, context.drain_seen = _read_generation(dirfd, pool.name)
             finally:
                 os.close(dirfd)
     except Exception as exc:
         _report(exc)
     pool.tick_when_idle = False
     pool.on_tick = _on_tick
+
+
+def _retired(pool: Pool) -> None:
+    """The registry retired *pool*: publish at once, so readers stop seeing it.
+    Only a pool this module attached publishes (a bare core pool has no tick)."""
+    if pool.on_tick is not None:
+        publish(force=True)
+
+
+def _exited(pool: Pool) -> None:
+    """The process is exiting with its pools closed: its snapshot goes too."""
+    if pool.on_tick is not None:
+        withdraw()
 
 
 def _on_tick(pool: Pool) -> None:
@@ -799,16 +814,28 @@ def _after_fork() -> None:
     _last, _last_at, _written, _written_pid = None, -1e9, None, 0
 
 
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a
-    live process from a new one that reused a dead one's pid."""
+def _proc_stat(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (Linux), the
+    process state first; None where there is no such file or it cannot be read.
+
+    The command name is in parentheses and may itself hold spaces and ")", so
+    the fields start after the last ")" of the line.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-    except OSError:
+        return data[data.rindex(b")") + 2 :].split()
+    except (OSError, ValueError):
         return None
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a
+    live process from a new one that reused a dead one's pid."""
+    fields = _proc_stat(pid)
     try:
-        return int(data[data.rindex(b")") + 2 :].split()[19])
+        # The 22nd field of the line, counting the pid and the command name.
+        return None if fields is None else int(fields[19])
     except (ValueError, IndexError):
         return None
 
@@ -854,16 +881,16 @@ def _check_drain(dirfd: int, pool: Pool) -> None:
         mtime: int | None = st.st_mtime_ns
     except OSError:
         mtime = None
-    if mtime == pool.extra.get("drain_seen"):
+    if mtime == pool.context.drain_seen:
         return
     # A return and the maintenance thread may both get here: one drain only.
     if not _drain_lock.acquire(blocking=False):
         return
     try:
         generation, mtime = _read_generation(dirfd, pool.name)
-        pool.extra["drain_seen"] = mtime
-        if generation > pool.extra.get("drain_generation", 0):
-            pool.extra["drain_generation"] = generation
+        pool.context.drain_seen = mtime
+        if generation > pool.context.drain_generation:
+            pool.context.drain_generation = generation
             pool.drain()
     finally:
         _drain_lock.release()
@@ -1009,12 +1036,9 @@ def _alive(pid: int) -> bool:
     except OSError as exc:
         return exc.errno != errno.ESRCH
     # A zombie (exited, not yet reaped by its parent) no longer serves anything.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] != b"Z"
-    except (OSError, ValueError):
-        return True
+    # Where its state cannot be read, the signal's answer stands.
+    fields = _proc_stat(pid)
+    return not fields or fields[0] != b"Z"
 
 
 def _unlink(dirfd: int, name: str) -> None:

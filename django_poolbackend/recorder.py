@@ -141,19 +141,20 @@ def deactivate(token: Any) -> None:
 
 def checkout(wrapper: Any, pool: Any) -> Any:
     """``pool.getconn`` for a wrapper while some recorder is live."""
-    if "_dpb_recording" in wrapper.__dict__:
+    mark = wrapper.pool_take_recording()
+    if mark is not None:
         # The previous checkout went back without _close() (its one-time set-up
         # failed and connect() returned it): settle it, or its recorder stays live.
-        checkin(wrapper, "init_failed", False)
+        _settle(wrapper, mark, "init_failed", False)
     recorder = _current.get()
     if recorder is None:
-        return pool.getconn(wrapper._dpb_open)
+        return pool.getconn(wrapper.pool_open_connection)
     opened = [0.0, False]
 
     def opener() -> Any:
         started = monotonic()
         try:
-            return wrapper._dpb_open()
+            return wrapper.pool_open_connection()
         finally:
             opened[0] = monotonic() - started
             opened[1] = True
@@ -201,15 +202,19 @@ def checkout(wrapper: Any, pool: Any) -> Any:
             },
         )
         recorder._outstanding += 1
-    wrapper.__dict__["_dpb_recording"] = (recorder, entry["checkouts"] - 1, monotonic())
+    wrapper.pool_note_recording((recorder, entry["checkouts"] - 1, monotonic()))
     return slot
 
 
 def checkin(wrapper: Any, discard: str | None, reset: bool) -> None:
     """Note a return by a wrapper whose checkout was recorded."""
-    mark = wrapper.__dict__.pop("_dpb_recording", None)
-    if mark is None:
-        return
+    mark = wrapper.pool_take_recording()
+    if mark is not None:
+        _settle(wrapper, mark, discard, reset)
+
+
+def _settle(wrapper: Any, mark: Any, discard: str | None, reset: bool) -> None:
+    """Add a return to the event its checkout recorded (*mark* says where)."""
     recorder, index, checked_out_at = mark
     hold_ms = (monotonic() - checked_out_at) * 1000.0
     with recorder._lock:

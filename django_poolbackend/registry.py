@@ -1,12 +1,16 @@
 """This process's pools, one per alias, and what happens to them at fork and exit.
 
 Nothing here runs at import: the fork and exit hooks are installed when the first
-pool is made (process-wide, so a forked child inherits them).
+pool is made (process-wide, so a forked child inherits them). The registry offers
+three events, a fork, a retired pool and the process's exit, that other modules
+subscribe to (``publish`` does, to keep its snapshot current), so that holding the
+pools does not depend on anything that reads them.
 """
 
 from __future__ import annotations
 
 import atexit
+import copy
 import hashlib
 import hmac
 import logging
@@ -30,6 +34,9 @@ _every: weakref.WeakSet[Pool] = weakref.WeakSet()
 _lock = threading.Lock()
 _NO_CLOSES = dict.fromkeys(CLOSE_REASONS, 0)
 _fork_hooks: list[Callable[[], None]] = []
+#: Called with a pool that was retired, and with one of the pools closed at exit.
+_retire_hooks: list[Callable[[Pool], None]] = []
+_exit_hooks: list[Callable[[Pool], None]] = []
 _hooks_installed = False
 _exit_hooks_pid = 0
 #: This process's maintenance thread; threads do not survive fork(), so a child
@@ -89,6 +96,19 @@ def add_fork_hook(hook: Callable[[], None]) -> None:
         _fork_hooks.append(hook)
 
 
+def add_retire_hook(hook: Callable[[Pool], None]) -> None:
+    """Run *hook* with a pool after :func:`retire` closed it."""
+    if hook not in _retire_hooks:
+        _retire_hooks.append(hook)
+
+
+def add_exit_hook(hook: Callable[[Pool], None]) -> None:
+    """Run *hook* once :func:`close_all` closed this process's pools, with one of
+    them (the hook is about the process, the pool says which layer made it)."""
+    if hook not in _exit_hooks:
+        _exit_hooks.append(hook)
+
+
 def _install_hooks() -> None:
     """Called with the lock held when a pool is made."""
     global _hooks_installed, _exit_hooks_pid
@@ -143,7 +163,7 @@ def retire(alias: str) -> None:
             "Pool %r: retired (idle connections close now, busy ones when returned).", alias
         )
         pool.close()
-        _publish_quietly(pool, withdraw=False)
+        _notify(_retire_hooks, pool)
 
 
 def _installed_apps_changed(*, setting: str, **kwargs: Any) -> None:
@@ -178,22 +198,15 @@ def close_all() -> None:
     for pool in current:
         pool.close(everything=True)
     if current:
-        _publish_quietly(current[0], withdraw=True)
+        _notify(_exit_hooks, current[0])
 
 
-def _publish_quietly(pool: Pool, *, withdraw: bool) -> None:
-    # Only processes whose pools publish (the Django layer attached them).
-    if pool.on_tick is None:
-        return
-    from . import publish
-
-    try:
-        if withdraw:
-            publish.withdraw()
-        else:
-            publish.publish(force=True)
-    except Exception:
-        pass  # statistics never stand in the way of closing
+def _notify(hooks: list[Callable[[Pool], None]], pool: Pool) -> None:
+    for hook in list(hooks):
+        try:
+            hook(pool)
+        except Exception:
+            pass  # what others do with the news never stands in the way of closing
 
 
 def _before_fork() -> None:
@@ -249,11 +262,12 @@ _NO_IDENTITY = {"vendor": "", "host": "", "port": "", "database": "", "user": ""
 
 def pool_figures(pool: Pool) -> dict[str, Any]:
     out: dict[str, Any] = {"alias": pool.name, "pid": os.getpid()}
-    out.update(pool.extra.get("identity", _NO_IDENTITY))
+    identity = pool.context.identity
+    out.update(_NO_IDENTITY if identity is None else identity)
     out.update(pool.config.as_dict())
     out.update(pool.stats())
     out["closed_by_reason"] = {**_NO_CLOSES, **out["closed_by_reason"]}
-    out["drain_generation"] = pool.extra.get("drain_generation", 0)
+    out["drain_generation"] = pool.context.drain_generation
     return out
 
 
@@ -275,7 +289,9 @@ def _unused_figures(alias: str) -> dict[str, Any]:
         )
     _, config = prepare(settings_dict, alias)
     if isinstance(config, ImproperlyConfigured):
-        raise ImproperlyConfigured(str(config))
+        # A copy of the error itself: the same class (a subclass stays one) and
+        # message, without the tracebacks of earlier raises.
+        raise copy.copy(config)
     unused = Pool(config, None, name=alias)  # type: ignore[arg-type]
-    unused.extra["identity"] = identity(connections[alias].vendor, settings_dict)
+    unused.context.identity = identity(connections[alias].vendor, settings_dict)
     return pool_figures(unused)

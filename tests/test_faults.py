@@ -25,8 +25,9 @@ import psycopg
 import pytest
 from django.db import DatabaseError, OperationalError, connections
 
-from django_poolbackend import PoolTimeout, drivers, registry
+from django_poolbackend import PoolTimeout, registry
 from django_poolbackend.core import pool as pool_module
+from django_poolbackend.drivers import watchdog
 from django_poolbackend.mysql.base import DatabaseWrapper as MySQLWrapper
 from django_poolbackend.postgresql.base import DatabaseWrapper as PGWrapper
 
@@ -557,7 +558,7 @@ def test_watchdog_bounds_a_blocking_call_and_spares_a_finished_one():
     stuck, silent = socket.socketpair()
     began = time.monotonic()
     with pytest.raises(ConnectionError, match="no answer from the server within 0.2 s"):
-        with drivers._Watchdog(Conn(stuck), 0.2):
+        with watchdog.Watchdog(Conn(stuck), 0.2):
             stuck.recv(1)  # blocks: nothing is ever sent; the watchdog ends it
     assert time.monotonic() - began < 0.2 + SLACK
     assert stuck.recv(1) == b""  # shut down, not closed: the descriptor is still ours
@@ -567,7 +568,7 @@ def test_watchdog_bounds_a_blocking_call_and_spares_a_finished_one():
     # A call that finished in time: its socket is never touched afterwards.
     ours, peer = socket.socketpair()
     peer.send(b"x")
-    with drivers._Watchdog(Conn(ours), 0.2):
+    with watchdog.Watchdog(Conn(ours), 0.2):
         assert ours.recv(1) == b"x"
     deadline = time.monotonic() + 0.5
     wait_for(lambda: time.monotonic() > deadline, what="the deadline to pass")
@@ -584,15 +585,15 @@ def test_watchdog_thread_ends_when_idle():
         OperationalError = ConnectionError
         fileno = ours.fileno
 
-    with drivers._Watchdog(Conn(), 0.1):
+    with watchdog.Watchdog(Conn(), 0.1):
         pass
-    thread = drivers._watchdogs._thread
+    thread = watchdog._watchdogs._thread
     assert thread is not None and thread.is_alive()
-    thread.join(drivers._WATCHDOG_IDLE_EXIT + 0.1 + SLACK)
-    assert not thread.is_alive() and drivers._watchdogs._thread is None
-    with drivers._Watchdog(Conn(), 0.1):  # and comes back when needed
+    thread.join(watchdog._IDLE_EXIT + 0.1 + SLACK)
+    assert not thread.is_alive() and watchdog._watchdogs._thread is None
+    with watchdog.Watchdog(Conn(), 0.1):  # and comes back when needed
         pass
-    assert drivers._watchdogs._thread is not None
+    assert watchdog._watchdogs._thread is not None
     ours.close()
     peer.close()
 

@@ -663,9 +663,9 @@ def test_a_failed_reset_discards_the_connection(make_pooled, state_env, vendor, 
 def change_user_only(monkeypatch: Any) -> None:
     """MySQL full reset through COM_CHANGE_USER, as where COM_RESET_CONNECTION can't
     be reached (a client library without mysql_reset_connection)."""
-    from django_poolbackend import mixin
+    from django_poolbackend import checkout
 
-    driver = next(d for d in mixin._drivers.values() if d.name == "mysqlclient")
+    driver = next(d for d in checkout._drivers.values() if d.name == "mysqlclient")
     monkeypatch.setattr(driver, "_reset_connection", False)
 
 

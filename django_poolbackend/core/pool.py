@@ -49,8 +49,10 @@ from time import monotonic
 from typing import Any, Protocol
 
 from .config import PoolConfig
+from .context import PoolContext
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
 from .stats import BOUNDS_MS, Histogram
+from .waiter import Waiter
 
 logger = logging.getLogger("django_poolbackend")
 
@@ -181,23 +183,6 @@ def thread_token() -> Owner:
     return ref
 
 
-class _Waiter:
-    """A queued checkout. ``lock`` is held until the pool hands something over."""
-
-    __slots__ = ("lock", "slot", "reserved", "error", "done", "started")
-
-    def __init__(self) -> None:
-        # When it began waiting: whoever hands it something records the wait,
-        # under the lock it holds anyway, so the woken thread needn't take it.
-        self.started = monotonic()
-        self.lock = threading.Lock()
-        self.lock.acquire()
-        self.slot: Slot | None = None
-        self.reserved = False  # handed capacity: connect yourself
-        self.error: BaseException | None = None
-        self.done = False  # set under the pool lock by whoever settles the waiter
-
-
 class Pool:
     def __init__(
         self,
@@ -252,7 +237,7 @@ class Pool:
 
         self._lock = threading.Lock()
         self._idle: deque[Slot] = deque()
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[Waiter] = deque()
         self._slots: set[Slot] = set()  # every open connection, for shutdown
         self._orphans: deque[Slot] = deque()  # dropped without a putconn()
         self._size = 0
@@ -261,9 +246,10 @@ class Pool:
         #: The process that owns these connections; a pool seen in another
         #: process was inherited across fork() and must not be used.
         self.pid = os.getpid()
-        #: Whatever the opener wants to remember per pool (the Django layer keeps
-        #: the wrapper attributes a physical connect sets, to replay on reuse).
-        self.extra: dict[str, Any] = {}
+        #: What the layer that made the pool remembers about it (the Django layer
+        #: keeps the wrapper attributes a physical connect sets, to replay on
+        #: reuse); the pool itself never reads it.
+        self.context = PoolContext()
         #: Opens a connection with no caller waiting (maintenance keeps min_size).
         self.background_opener: Opener | None = None
 
@@ -309,7 +295,7 @@ class Pool:
         slot: Slot | None
         # Bound before the waiter is queued, so that whatever interrupts this
         # checkout from then on (see _wait()) finds it and takes it out again.
-        waiter: _Waiter | None = None
+        waiter: Waiter | None = None
         try:
             with self._lock:
                 if self._closed:
@@ -322,7 +308,7 @@ class Pool:
                     slot = None
                 else:
                     self._refuse_if_too_many_wait()
-                    waiter = _Waiter()
+                    waiter = Waiter()
                     self._waiters.append(waiter)
                     self._waits += 1
                     slot = None
@@ -376,7 +362,7 @@ class Pool:
                 )
             )
 
-    def _wait(self, waiter: _Waiter, opener: Opener, timeout: float) -> Slot:
+    def _wait(self, waiter: Waiter, opener: Opener, timeout: float) -> Slot:
         # getconn() settles the waiter if anything here raises (see there).
         # The connections of threads that ended are reclaimed here, where they
         # are needed, rather than after a wait that they would cause.
@@ -421,7 +407,7 @@ class Pool:
         waiter.reserved = False
         return self._connect(opener)
 
-    def _cancel_wait(self, waiter: _Waiter) -> None:
+    def _cancel_wait(self, waiter: Waiter) -> None:
         """Settle a waiter whose thread was interrupted; a no-op once it is settled.
 
         Under the lock, either nobody has handed the waiter anything yet (it leaves
@@ -459,11 +445,7 @@ class Pool:
         # Called with the lock held: a connection nobody checked out after all
         # goes to the oldest waiter, or back on the idle stack.
         if self._waiters:
-            waiter = self._waiters.popleft()
-            waiter.done = True
-            waiter.slot = slot
-            self._wait_ms.add((monotonic() - waiter.started) * 1000.0)
-            waiter.lock.release()
+            self._waiters.popleft().hand_over(slot, self._wait_ms, monotonic())
         else:
             self._idle.append(slot)
 
@@ -614,11 +596,7 @@ class Pool:
         # Called with the lock held: one connection's worth of capacity is free.
         # Give it to the oldest waiter (it connects in its own thread) or drop it.
         if self._waiters and not self._closed:
-            waiter = self._waiters.popleft()
-            waiter.done = True
-            waiter.reserved = True
-            self._wait_ms.add((monotonic() - waiter.started) * 1000.0)
-            waiter.lock.release()
+            self._waiters.popleft().hand_over(None, self._wait_ms, monotonic())
         else:
             self._size -= 1
 
@@ -680,11 +658,7 @@ class Pool:
                 if held > hold.max:
                     hold.max = held
             if self._waiters:
-                waiter = self._waiters.popleft()
-                waiter.done = True
-                waiter.slot = slot
-                self._wait_ms.add((now - waiter.started) * 1000.0)
-                waiter.lock.release()
+                self._waiters.popleft().hand_over(slot, self._wait_ms, now)
             else:
                 idle = self._idle
                 idle.append(slot)
@@ -952,11 +926,10 @@ class Pool:
                 self._size -= 1
             victims += dead
             while self._waiters:
-                waiter = self._waiters.popleft()
                 self._failures += 1
-                waiter.done = True
-                waiter.error = self._closed_error(f"the pool of {self.name!r} was closed")
-                waiter.lock.release()
+                self._waiters.popleft().fail(
+                    self._closed_error(f"the pool of {self.name!r} was closed")
+                )
         for slot in victims:
             self.driver.close(slot.conn)
 

@@ -1,7 +1,11 @@
 """``manage.py pooldrain``: every process serving these settings retires its
 current connections, idle ones at once and checked-out ones when they come back,
 within about a second and without failing a request (after a failover, a
-credential rotation, a server parameter change)."""
+credential rotation, a server parameter change).
+
+The command holds its arguments and messages only: it asks for the drain through
+:mod:`django_poolbackend.publish` and watches it arrive in the document
+:mod:`django_poolbackend.snapshots` builds, the one ``poolstats`` prints."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import publish
-from .poolstats import ELSEWHERE, check_alias, collect, environment
+from ...snapshots import ELSEWHERE, collect, environment, select_aliases
 
 
 class Command(BaseCommand):
@@ -39,7 +43,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        aliases = check_alias(options["database"])
+        aliases = select_aliases(options["database"])
         wait = options["wait"]
         if wait is not None and not wait >= 0:
             raise CommandError(f"--wait takes a number of seconds >= 0, not {wait!r}.")

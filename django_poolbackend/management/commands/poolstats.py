@@ -1,6 +1,11 @@
 """``manage.py poolstats``: the pools of every process on this host that serves
 these settings (all Gunicorn workers, Celery children, …), read from the snapshots
-each process publishes (``django_poolbackend.publish``)."""
+each process publishes (``django_poolbackend.publish``).
+
+This module holds the command's arguments and its rendering only. The document it
+prints is built by :mod:`django_poolbackend.snapshots` (which ``pooldrain`` reads
+too), and the server's own view by :mod:`django_poolbackend.introspect` (which the
+system checks use too, so both name the same connection limit)."""
 
 from __future__ import annotations
 
@@ -17,10 +22,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from ... import publish
-from ...aliases import pooled_aliases
-from ...core.stats import Histogram, merged
+from ... import introspect
 from ...mixin import application_name
+from ...snapshots import ELSEWHERE, collect, select_aliases
 
 #: (header, width, row key) of the table; 79 columns with the separators.
 COLUMNS = (
@@ -42,109 +46,6 @@ LEGEND = (
     "USE in use, WAIT requests waiting, WAIT50/WAIT99 checkout wait p50/p99 (ms),\n"
     "TMOUT pool timeouts, CERR connect errors, AGE seconds since the snapshot."
 )
-_SUMMED = (
-    "size",
-    "idle",
-    "in_use",
-    "waiting",
-    "max_size",
-    "checkouts",
-    "timeouts",
-    "connect_errors",
-    "connects",
-    "closed",
-    "pings",
-    "ping_failures",
-    "resets",
-    "leaks",
-    "drain_pending",
-)
-
-
-def check_alias(alias: str | None) -> list[str]:
-    """The aliases to show: *alias*, or every pooled one."""
-    pooled = pooled_aliases()
-    if alias is None:
-        return pooled
-    if alias not in pooled:
-        known = alias in connections.settings
-        raise CommandError(
-            f"{alias!r} is not "
-            + (
-                "a pooled database (its DatabaseWrapper is not a "
-                "PooledDatabaseWrapperMixin)" if known else "a database alias"
-            )
-            + f"; pooled aliases: {', '.join(pooled) or 'none'}."
-        )
-    return [alias]
-
-
-#: Why a command and the workers may not meet in one directory.
-ELSEWHERE = (
-    "the directory depends on DJANGO_POOLBACKEND_STATS_DIR, XDG_RUNTIME_DIR, TMPDIR "
-    "and the settings module (and the user), so workers started with another "
-    "environment publish elsewhere; give both the same DJANGO_POOLBACKEND_STATS_DIR"
-)
-
-
-def environment() -> str:
-    """What decided this command's directory, to compare with the workers'
-    environment (none of it is a secret: names of directories and modules)."""
-    from django.conf import settings
-
-    configured = getattr(settings, publish.SETTING, None)
-    shown = [f"settings.{publish.SETTING}={configured}"] if configured else []
-    for name in (publish.SETTING, "XDG_RUNTIME_DIR", "TMPDIR", "DJANGO_SETTINGS_MODULE"):
-        shown.append(f"{name}={os.environ.get(name) or '(unset)'}")
-    return f"this command ran with {', '.join(shown)}, as uid {os.getuid()}"
-
-
-def collect(aliases: list[str]) -> dict[str, Any]:
-    """The JSON document: a row per process and alias, totals, drain progress.
-
-    Raises ``CommandError`` when the statistics directory is refused (another
-    user could control it)."""
-    directory = publish.stats_dir()
-    rows = []
-    waits: dict[str, list[tuple[Histogram, int]]] = {}
-    try:
-        snapshots = publish.read_snapshots(directory)
-        generations = publish.drain_generations(directory)
-    except publish.UntrustedDirectory as exc:
-        raise CommandError(f"{exc} Nothing was read from it.") from None
-    for snapshot in snapshots:
-        for alias, figures in snapshot.get("pools", {}).items():
-            if alias not in aliases:
-                continue
-            # The alias and pid its file says (validated to agree with the row).
-            row = {**figures, "alias": alias, "pid": snapshot["pid"]}
-            waits.setdefault(alias, []).append(Histogram.from_json(row.pop("wait_histogram", {})))
-            row["snapshot_age"] = round(snapshot["age"], 3)
-            rows.append(row)
-    rows.sort(key=lambda r: (r.get("alias", ""), r.get("pid", 0)))
-    totals: dict[str, Any] = {key: sum(int(r.get(key, 0)) for r in rows) for key in _SUMMED}
-    totals["processes"] = len({r.get("pid") for r in rows})
-    hist, zeros = merged(h for hs in waits.values() for h in hs)
-    totals["wait_ms"] = hist.summary(zeros)
-    drains = {}
-    for alias in aliases:
-        generation = generations.get(alias, 0)
-        mine = [r for r in rows if r.get("alias") == alias]
-        drains[alias] = {
-            "generation": generation,
-            "processes_applied": sum(1 for r in mine if r.get("drain_generation", 0) >= generation),
-            "processes": len(mine),
-            "connections_pending": sum(int(r.get("drain_pending", 0)) for r in mine),
-        }
-    return {
-        "stats_dir": str(directory),
-        "generated_at": time.time(),
-        "pools": rows,
-        "totals": totals,
-        "drains": drains,
-    }
-
-
 def _fit(value: Any, width: int) -> str:
     """*value* right-aligned in *width*, shortened (k, M, G) rather than overflowing."""
     if isinstance(value, float):
@@ -246,118 +147,41 @@ def server_view(alias: str) -> dict[str, Any]:
     # Built for the alias (the hook is called with it); building does no I/O, and
     # this wrapper never checks a connection out: it only dials one, directly.
     probe: Any = type(base)(copy.deepcopy(base.settings_dict), alias)
-    params = probe._dpb_params()
+    params = probe.pool_connect_params()
     if params.get("application_name") == application_name(alias, os.getpid()):
         # Not one of the pool's sessions: don't name it like one.
         params["application_name"] = "dpb:poolstats"
-    conn = probe.get_new_connection(params)
-    try:
-        cursor = conn.cursor()
-        try:
-            if base.vendor == "postgresql":
-                return _pg_view(cursor)
-            return _mysql_view(cursor)
-        finally:
-            cursor.close()
-    finally:
-        conn.close()
-
-
-def _pg_view(cursor: Any) -> dict[str, Any]:
-    cursor.execute(
-        "SELECT application_name, state, count(*) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND usename = current_user "
-        "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
-        "GROUP BY 1, 2 ORDER BY 1, 2"
-    )
-    groups: dict[str, dict[str, Any]] = {}
-    for name, state, count in cursor.fetchall():
-        group = groups.setdefault(name, _session_group(name))
-        group[_STATES.get(state, "other")] += count
-    cursor.execute(
-        "SELECT current_setting('max_connections')::int, "
-        "current_setting('superuser_reserved_connections')::int, "
-        "(SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user), "
-        "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
-    )
-    max_connections, reserved, role_limit, total = cursor.fetchone()
-    return _view(
-        groups,
-        max_connections=max_connections,
-        superuser_reserved_connections=reserved,
-        max_user_connections=None if role_limit < 0 else role_limit,
-        server_sessions=total,
-    )
-
-
-_STATES = {"idle": "idle", "active": "active", "idle in transaction": "idle_in_transaction",
-           "idle in transaction (aborted)": "idle_in_transaction"}
-
-
-def _session_group(name: str) -> dict[str, Any]:
-    # dpb:<alias>:<pid> is the name the pooled engine gives its sessions.
-    pid = alias = None
-    parts = name.split(":")
-    if len(parts) >= 3 and parts[0] == "dpb" and parts[-1].isdigit():
-        alias, pid = ":".join(parts[1:-1]), int(parts[-1])
-    return {"name": name, "alias": alias, "pid": pid, "idle": 0, "active": 0,
-            "idle_in_transaction": 0, "other": 0}
-
-
-def _mysql_view(cursor: Any) -> dict[str, Any]:
-    where = (
-        "FROM information_schema.PROCESSLIST p WHERE p.USER = SUBSTRING_INDEX(USER(), '@', 1) "
-        "AND p.DB = DATABASE() AND p.ID <> CONNECTION_ID()"
-    )
-    try:
-        cursor.execute(
-            "SELECT p.COMMAND, EXISTS(SELECT 1 FROM information_schema.INNODB_TRX t "
-            "WHERE t.trx_mysql_thread_id = p.ID) " + where
-        )
-        rows = cursor.fetchall()
-    except Exception:
-        # Without the PROCESS privilege InnoDB's transaction list is hidden.
-        cursor.execute("SELECT p.COMMAND, NULL " + where)
-        rows = cursor.fetchall()
-    cursor.execute("SELECT SUBSTRING_INDEX(USER(), '@', 1), DATABASE()")
-    user, database = cursor.fetchone()
-    group = _session_group(f"{user}@{database}")
-    for command, in_trx in rows:
-        if command == "Sleep":
-            group["idle_in_transaction" if in_trx else "idle"] += 1
-        else:
-            group["active"] += 1
-    cursor.execute(
-        "SELECT @@GLOBAL.max_connections, @@max_user_connections, "
-        "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
-        "WHERE VARIABLE_NAME = 'THREADS_CONNECTED')"
-    )
-    max_connections, user_limit, connected = cursor.fetchone()
-    return _view(
-        {group["name"]: group} if rows else {},
-        max_connections=int(max_connections),
-        superuser_reserved_connections=None,
-        max_user_connections=int(user_limit) or None,
-        server_sessions=int(connected) if connected is not None else None,
-    )
-
-
-def _view(groups: dict[str, dict[str, Any]], **limits: Any) -> dict[str, Any]:
-    sessions = list(groups.values())
-    totals = {
-        state: sum(g[state] for g in sessions)
-        for state in ("idle", "active", "idle_in_transaction", "other")
-    }
-    return {**limits, "sessions": sessions, "totals": totals}
+    with introspect.dialled(probe, params) as conn:
+        # The same facts the W002 check reads, so that both name the same limit.
+        facts = introspect.server_limits(conn, base.vendor)
+        return {
+            "max_connections": facts["max_connections"],
+            "superuser_reserved_connections": facts.get("superuser_reserved_connections"),
+            "reserved_connections": facts.get("reserved_connections"),
+            "max_user_connections": facts.get(
+                "role_connection_limit", facts.get("max_user_connections")
+            ),
+            # The server's limit for an ordinary role, both reserves taken off:
+            # the count the W002 check compares a pool's worst case with.
+            "connection_limit": facts["connection_limit"],
+            **introspect.sessions(conn, base.vendor),
+        }
 
 
 def render_server(alias: str, view: dict[str, Any]) -> str:
     limits = f"max_connections {view['max_connections']}"
     if view.get("superuser_reserved_connections") is not None:
-        limits += f" ({view['superuser_reserved_connections']} for superusers)"
+        reserved = f"{view['superuser_reserved_connections']} for superusers"
+        if view.get("reserved_connections"):
+            reserved += f", {view['reserved_connections']} reserved"
+        limits += f" ({reserved})"
     if view.get("max_user_connections") is not None:
         limits += f", max_user_connections {view['max_user_connections']}"
     lines = [f"Server view of {alias!r}:", f"  {limits}."]
+    if view.get("connection_limit") is not None:
+        lines.append(
+            f"  {view['connection_limit']} usable by this application: the limit W002 checks."
+        )
     if view.get("server_sessions") is not None:
         lines.append(f"  {view['server_sessions']} sessions open on the server in all.")
     lines.append(f"{'SESSIONS (application / user)':36} {'PID':>7} {'IDLE':>5} "
@@ -409,7 +233,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        aliases = check_alias(options["database"])
+        aliases = select_aliases(options["database"])
         watch = options["watch"]
         if watch is not None and not watch > 0:
             raise CommandError(f"--watch takes a number of seconds > 0, not {watch!r}.")
