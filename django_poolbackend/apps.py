@@ -1,3 +1,11 @@
+"""The optional Django app: the system checks and the management commands.
+
+Adding ``django_poolbackend`` to INSTALLED_APPS registers the pool's checks and
+makes ``manage.py poolstats`` and ``pooldrain`` available. The pooling itself needs
+no app: the engines do it, and they register the checks too when Django imports
+them while it sets up.
+"""
+
 from django.apps import AppConfig
 
 

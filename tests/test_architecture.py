@@ -196,3 +196,16 @@ def test_nothing_imports_the_mixin_to_ask_whether_a_backend_is_pooled() -> None:
     )
     # poolstats imports application_name(), a naming rule, not the class.
     assert importers in ([], [f"{PACKAGE}.management.commands.poolstats"]), importers
+
+
+def test_every_module_opens_with_a_paragraph_on_what_it_holds() -> None:
+    # A newcomer reads the first paragraph of each module to find their way; an
+    # empty package marker (an engine's __init__.py) needs none.
+    missing = []
+    for path in sorted(ROOT.rglob("*.py")):
+        source = path.read_text()
+        if not source.strip():
+            continue
+        if not ast.get_docstring(ast.parse(source)):
+            missing.append(_module_name(path))
+    assert missing == [], f"modules without a docstring: {missing}"
