@@ -72,6 +72,18 @@ def gauges(pooled: Any) -> tuple[int, int, int, int]:
     return stats["size"], stats["idle"], stats["in_use"], stats["waiting"]
 
 
+def the_held_connection_goes_back_to_the_pool(pooled: Any, holder: Any, held_id: Any) -> None:
+    """After an interrupted wait: one connection, in use by *holder*, nobody waiting.
+    Once *holder* closes, the connection goes back to the pool, not to the
+    interrupted waiter, and the next checkout gets that same server session."""
+    assert gauges(pooled) == (1, 0, 1, 0)
+    holder.close()
+    assert gauges(pooled) == (1, 1, 0, 0)
+    again = pooled.wrapper()
+    assert pooled.backend_id(again) == held_id
+    again.close()
+
+
 @pytest.mark.parametrize("raised", RAISED, ids=lambda kind: kind.__name__)
 def test_an_interrupted_wait_leaves_the_queue_and_the_pool_serves(
     make_pooled, vendor, interrupt, raised
@@ -84,13 +96,7 @@ def test_an_interrupted_wait_leaves_the_queue_and_the_pool_serves(
     with pytest.raises(raised):
         waiter.ensure_connection()
     assert waiter.connection is None
-    assert gauges(pooled) == (1, 0, 1, 0)
-    holder.close()
-    # The connection went back to the pool, not to the interrupted waiter.
-    assert gauges(pooled) == (1, 1, 0, 0)
-    again = pooled.wrapper()
-    assert pooled.backend_id(again) == held_id
-    again.close()
+    the_held_connection_goes_back_to_the_pool(pooled, holder, held_id)
     stats = pooled.stats()
     assert (stats["connects"], stats["timeouts"], stats["checkouts"]) == (1, 0, 2)
 
@@ -198,12 +204,7 @@ def test_an_interval_timer_interrupting_the_wait_loses_nothing(make_pooled, vend
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    assert gauges(pooled) == (1, 0, 1, 0)
-    holder.close()
-    assert gauges(pooled) == (1, 1, 0, 0)
-    again = pooled.wrapper()
-    assert pooled.backend_id(again) == held_id
-    again.close()
+    the_held_connection_goes_back_to_the_pool(pooled, holder, held_id)
     assert pooled.stats()["timeouts"] == 0
 
 
@@ -232,11 +233,6 @@ def test_a_signal_just_after_the_checkout_queued_loses_nothing(make_pooled, vend
             waiter.ensure_connection()
     finally:
         signal.signal(signal.SIGUSR1, previous)
-    assert gauges(pooled) == (1, 0, 1, 0)
-    holder.close()  # goes back to the idle stack, not to the interrupted waiter
-    assert gauges(pooled) == (1, 1, 0, 0)
-    again = pooled.wrapper()
-    assert pooled.backend_id(again) == held_id
-    again.close()
+    the_held_connection_goes_back_to_the_pool(pooled, holder, held_id)
     stats = pooled.stats()
     assert stats["checkouts"] == 2 and stats["requests"] == 3
