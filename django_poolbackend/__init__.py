@@ -12,6 +12,6 @@ __all__ = ["PoolClosed", "PoolTimeout", "TooManyRequests", "pool_stats"]
 def pool_stats(alias: str = "default") -> dict[str, Any]:
     """This process's figures for *alias*'s pool: every documented key, zeros
     before first use (docs/observability.md lists them)."""
-    from .registry import stats
+    from .figures import stats
 
     return stats(alias)

@@ -20,7 +20,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.signals import connection_created
 from django.utils.module_loading import import_string
 
-from . import conf, drivers, publish, registry
+from . import drivers, figures, process, publish
+from . import settings as pool_settings
 from .core import Pool, Slot
 from .core.config import PoolConfig
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
@@ -84,7 +85,7 @@ class PoolCheckout(_WrapperBase):
         # W001/W006 also reach the log of a project that never runs the checks
         # (once per process and alias; no I/O beyond the log line).
         log_settings_warnings(self.alias, self.settings_dict)
-        registry.add_fork_hook(_forget_inherited_connections)
+        process.add_fork_hook(_forget_inherited_connections)
         pool = Pool(
             config,
             self._dpb_driver,
@@ -99,7 +100,7 @@ class PoolCheckout(_WrapperBase):
             type(self), copy.deepcopy(self.settings_dict), self.alias, pool
         )
         context = pool.context
-        context.identity = registry.identity(self.vendor, self.settings_dict)
+        context.identity = figures.identity(self.vendor, self.settings_dict)
         # The OPTIONS the pool's connections are opened with: the object (the usual
         # case, every thread's wrapper shares the settings dict) and its value.
         context.options_of = self.settings_dict["OPTIONS"]
@@ -143,7 +144,7 @@ class PoolCheckout(_WrapperBase):
         hook = None if isinstance(config, ImproperlyConfigured) else config.connect_params
         if hook is not None:
             function = import_string(hook) if isinstance(hook, str) else hook
-            params = conf.checked_params(self.alias, hook, function(self.alias, params))
+            params = pool_settings.checked_params(self.alias, hook, function(self.alias, params))
         return params
 
     #: The names the package's other modules used before the public ones; kept

@@ -53,7 +53,8 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
-from . import conf, introspect
+from . import introspect
+from . import settings as pool_settings
 from .aliases import is_pooled_engine
 
 #: Seconds the database check waits for a server that does not answer.
@@ -134,8 +135,8 @@ def pool_settings_messages(databases: dict[str, dict[str, Any]]) -> list[checks.
             )
             # Still report what is wrong inside POOL itself.
             db = {**db, "OPTIONS": {k: v for k, v in options.items() if k != "pool"}}
-        _, config = conf.prepare(db, alias)
-        if isinstance(config, conf.UnimportablePath):
+        _, config = pool_settings.prepare(db, alias)
+        if isinstance(config, pool_settings.UnimportablePath):
             errors.append(
                 checks.Error(
                     str(config),
@@ -373,7 +374,7 @@ def check_server_limits(
     return out
 
 
-def expected_processes(config: Any) -> tuple[int | None, str]:
+def expected_processes(config: pool_settings.PoolConfig) -> tuple[int | None, str]:
     """The process count of the worst case, and where it came from."""
     if config.expected_processes is not None:
         return config.expected_processes, "POOL['expected_processes']"
@@ -387,7 +388,7 @@ def server_messages(alias: str, settings_dict: dict[str, Any]) -> list[checks.Ch
     """The database-tagged messages for one alias; *settings_dict* as a wrapper has it."""
     from django.db.utils import load_backend
 
-    _, config = conf.prepare(settings_dict, alias)
+    _, config = pool_settings.prepare(settings_dict, alias)
     if isinstance(config, ImproperlyConfigured):
         return []  # E001 already says why.
     wrapper = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(

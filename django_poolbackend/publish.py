@@ -1,12 +1,15 @@
-"""Snapshots of every process's pools, so one process can show them all.
+"""Each process's snapshot of its pools, written where any process can read it.
 
 Each process that has a pool writes ``<pid>.json`` into a directory shared by the
-processes serving the same settings (all of a host's Gunicorn workers):
-``manage.py poolstats`` (through :mod:`django_poolbackend.snapshots`, which sums
-them up) and the Prometheus collector read them. Files, not a
-socket or shared memory, because they need no server, survive nothing (a dead
-process's file is dropped by the next reader) and work across any process model;
-``prometheus_client``'s multiprocess mode works the same way.
+processes serving the same settings (all of a host's Gunicorn workers), and
+:mod:`django_poolbackend.snapshots` reads them back for ``manage.py poolstats``,
+``pooldrain`` and the Prometheus collector. This module holds the writing side
+(the snapshot, noticing a drain, ``pooldrain``'s request) and what both sides
+share: where the directory is, how it is opened safely, and how one file in it
+is written or read. Files, not a socket or shared memory, because they need no
+server, survive nothing (a dead process's file is dropped by the next reader) and
+work across any process model; ``prometheus_client``'s multiprocess mode works the
+same way.
 
 Writes piggy-back on the pool's own once-a-second tick (a return to the pool, or
 the maintenance thread when the process is idle), are skipped when nothing
@@ -28,8 +31,8 @@ with one logged error naming it and saying what is wrong, and statistics are the
 off in that process: it publishes nothing, notices no drain, and never writes
 anywhere else instead. Every file is then opened, created, renamed and removed
 relative to the directory's descriptor, never through a symlink, and what is read
-back is validated field by field: a reader skips a bad file with one warning
-naming it and shows every other process.
+back is validated field by field (in :mod:`django_poolbackend.snapshots`): a reader
+skips a bad file with one warning naming it and shows every other process.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import secrets
@@ -53,8 +55,10 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
+from . import process
+from .aliases import is_pooled_engine
 from .core import Pool
-from .core.stats import BOUNDS_MS
+from .figures import pool_figures
 
 logger = logging.getLogger("django_poolbackend")
 
@@ -63,8 +67,6 @@ SETTING = "DJANGO_POOLBACKEND_STATS_DIR"
 FORMAT = 1
 #: A process writes at most this often, however many pools tick.
 MIN_INTERVAL = 0.5
-#: Temporary files older than this belong to a writer that died mid-write.
-_TMP_MAX_AGE = 60.0
 #: The largest file a reader reads: a snapshot is a few KB (about 3 KB an alias),
 #: so this leaves room for some 300 aliases and keeps a planted huge file cheap.
 MAX_FILE_BYTES = 1 << 20
@@ -90,9 +92,6 @@ _reported: set[str] = set()
 #: is never retried (and raced) once a second, and the error is logged once.
 #: Kept across fork(): a child has the same environment and the same directory.
 _refused: set[str] = set()
-#: (name, inode, mtime, size) of the bad files a reader already warned about, so
-#: poolstats --watch and each Prometheus scrape do not repeat the warning.
-_bad_seen: set[tuple[str, int, int, int]] = set()
 
 
 class UntrustedDirectory(ImproperlyConfigured):
@@ -100,7 +99,7 @@ class UntrustedDirectory(ImproperlyConfigured):
     user: nothing is read from it or written to it."""
 
 
-class _BadFile(Exception):
+class BadFile(Exception):
     """A file in the statistics directory that a reader skips: says what is wrong.
 
     *st* is the file's status when it was read, so a reader warns again only when
@@ -109,6 +108,27 @@ class _BadFile(Exception):
     def __init__(self, reason: str, st: os.stat_result | None = None) -> None:
         super().__init__(reason)
         self.st = st
+
+
+#: The largest count a file may hold.
+_MAX_COUNT = 1 << 63
+
+
+def checked_count(value: Any, what: str) -> int:
+    """*value* if it is a whole number a file may hold as a count, else :class:`BadFile`
+    naming *what*."""
+    if type(value) is not int or not 0 <= value < _MAX_COUNT:
+        raise BadFile(f"{what} is {shown_briefly(value)}, not a whole number >= 0")
+    return value
+
+
+def shown_briefly(value: Any) -> str:
+    """*value* as a warning about a bad file quotes it: a short plain value as it
+    is, anything else by its type only (a file's content is not to be trusted)."""
+    text = repr(value) if isinstance(value, str | int | float | bool | type(None)) else ""
+    if text and len(text) <= 40:
+        return text
+    return f"a {type(value).__name__}"
 
 
 # -- where ------------------------------------------------------------------------
@@ -170,8 +190,6 @@ def _pooled_engine(engine: Any) -> bool:
     key = str(engine or "")
     pooled = _engines_seen.get(key)
     if pooled is None:
-        from .aliases import is_pooled_engine
-
         pooled = _engines_seen[key] = is_pooled_engine(key)
     return pooled
 
@@ -351,7 +369,7 @@ def _step(parent: int, name: str, shown: str) -> int:
 
 
 @contextmanager
-def _opened(directory: Path, *, create: bool) -> Iterator[int]:
+def opened(directory: Path, *, create: bool) -> Iterator[int]:
     fd = open_dir(directory, create=create)
     try:
         yield fd
@@ -389,7 +407,7 @@ def ensure_dir(directory: Path) -> Path:
     """Create *directory* (and what is missing above it) ``0700`` and check it and
     every directory above it (see :func:`open_dir`); raise
     :class:`UntrustedDirectory` if one fails."""
-    with _opened(directory, create=True):
+    with opened(directory, create=True):
         pass
     return directory
 
@@ -420,8 +438,8 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number a snapshot can hold")
 
 
-def _read_json(dirfd: int, name: str) -> tuple[Any, os.stat_result]:
-    """The parsed content of the regular file *name*; :class:`_BadFile` if it is
+def read_json(dirfd: int, name: str) -> tuple[Any, os.stat_result]:
+    """The parsed content of the regular file *name*; :class:`BadFile` if it is
     anything else, too large, or not JSON. ``FileNotFoundError`` if it is gone.
 
     Looked at before it is opened, so a FIFO or a device is never opened at all;
@@ -435,10 +453,10 @@ def _read_json(dirfd: int, name: str) -> tuple[Any, os.stat_result]:
         fd = os.open(name, _READ_FLAGS, dir_fd=dirfd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise _BadFile("it is a symlink", st) from None
+            raise BadFile("it is a symlink", st) from None
         if isinstance(exc, FileNotFoundError):
             raise
-        raise _BadFile(f"it can't be opened ({exc.strerror})", st) from None
+        raise BadFile(f"it can't be opened ({exc.strerror})", st) from None
     try:
         st = os.fstat(fd)
         _check_regular(st)
@@ -449,168 +467,24 @@ def _read_json(dirfd: int, name: str) -> tuple[Any, os.stat_result]:
                 break
             data += chunk
         if len(data) > MAX_FILE_BYTES:
-            raise _BadFile(f"it is more than the {MAX_FILE_BYTES} bytes allowed", st)
+            raise BadFile(f"it is more than the {MAX_FILE_BYTES} bytes allowed", st)
     finally:
         os.close(fd)
     try:
         return json.loads(data, parse_constant=_no_constant), st
     except RecursionError:
-        raise _BadFile("it nests too deeply", st) from None
+        raise BadFile("it nests too deeply", st) from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _BadFile(f"it is not valid JSON ({exc})", st) from None
+        raise BadFile(f"it is not valid JSON ({exc})", st) from None
 
 
 def _check_regular(st: os.stat_result) -> None:
     if stat.S_ISLNK(st.st_mode):
-        raise _BadFile("it is a symlink", st)
+        raise BadFile("it is a symlink", st)
     if not stat.S_ISREG(st.st_mode):
-        raise _BadFile("it is not a regular file", st)
+        raise BadFile("it is not a regular file", st)
     if st.st_size > MAX_FILE_BYTES:
-        raise _BadFile(f"it is {st.st_size} bytes, more than the {MAX_FILE_BYTES} allowed", st)
-
-
-def _warn_bad(
-    directory: Path, name: str, st: os.stat_result | None, reason: str, what: str = "snapshot"
-) -> None:
-    """Warn once about the bad file *name*: again only when it changed."""
-    key = (name, st.st_ino, st.st_mtime_ns, st.st_size) if st is not None else (name, 0, 0, 0)
-    if key in _bad_seen:
-        return
-    if len(_bad_seen) > 1000:
-        _bad_seen.clear()
-    _bad_seen.add(key)
-    logger.warning(
-        "Pool statistics: skipping unreadable %s %s (%s).", what, directory / name, reason
-    )
-
-
-# -- what a reader accepts ---------------------------------------------------------
-
-#: Figures that are non-negative integers (gauges, counters, settings).
-_COUNTS = frozenset(
-    {
-        "size", "idle", "in_use", "waiting", "requests", "checkouts", "waits",
-        "timeouts", "rejected", "connects", "connect_errors", "connect_backoffs",
-        "closed", "pings", "ping_failures", "resets", "leaks", "drains",
-        "drain_pending", "drain_generation", "min_size", "max_size",
-    }
-)  # fmt: skip
-_STRINGS = frozenset({"alias", "vendor", "host", "port", "database", "user"})
-_TIMINGS = frozenset({"wait_ms", "hold_ms", "connect_ms"})
-_MAX_COUNT = 1 << 63
-_NBUCKETS = len(BOUNDS_MS) + 1
-
-
-def _count(value: Any, what: str) -> int:
-    if type(value) is not int or not 0 <= value < _MAX_COUNT:
-        raise _BadFile(f"{what} is {_show(value)}, not a whole number >= 0")
-    return value
-
-
-def _number(value: Any, what: str) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
-        raise _BadFile(f"{what} is {_show(value)}, not a finite number >= 0")
-    return float(value)
-
-
-def _show(value: Any) -> str:
-    text = repr(value) if isinstance(value, str | int | float | bool | type(None)) else ""
-    if text and len(text) <= 40:
-        return text
-    return f"a {type(value).__name__}"
-
-
-def _plain(value: Any, depth: int = 3) -> bool:
-    """A JSON value shallow enough to print again (a setting's value)."""
-    if value is None or isinstance(value, bool | int | str):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if depth and isinstance(value, list):
-        return all(_plain(v, depth - 1) for v in value)
-    if depth and isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v, depth - 1) for k, v in value.items())
-    return False
-
-
-def _check_figures(alias: str, figures: Any, pid: int) -> None:
-    where = f"pools[{alias!r}]"
-    if not isinstance(figures, dict):
-        raise _BadFile(f"{where} is {_show(figures)}, not an object")
-    if figures.get("alias", alias) != alias:
-        raise _BadFile(f"{where}['alias'] is {_show(figures['alias'])}, not {alias!r}")
-    if figures.get("pid", pid) != pid or type(figures.get("pid", pid)) is not int:
-        raise _BadFile(f"{where}['pid'] is {_show(figures['pid'])}, not {pid}")
-    for key, value in figures.items():
-        what = f"{where}[{key!r}]"
-        if key in _COUNTS:
-            _count(value, what)
-        elif key in _STRINGS:
-            if not isinstance(value, str):
-                raise _BadFile(f"{what} is {_show(value)}, not a string")
-        elif key in _TIMINGS:
-            if not isinstance(value, dict):
-                raise _BadFile(f"{what} is {_show(value)}, not an object")
-            for part, part_value in value.items():
-                if part == "count":
-                    _count(part_value, f"{what}['count']")
-                else:
-                    _number(part_value, f"{what}[{part!r}]")
-        elif key == "closed_by_reason":
-            if not isinstance(value, dict):
-                raise _BadFile(f"{what} is {_show(value)}, not an object")
-            for reason, count in value.items():
-                _count(count, f"{what}[{reason!r}]")
-        elif key == "wait_histogram":
-            _check_histogram(value, what)
-        elif not _plain(value):
-            raise _BadFile(f"{what} is not a plain value")
-
-
-def _check_histogram(value: Any, what: str) -> None:
-    if not isinstance(value, dict):
-        raise _BadFile(f"{what} is {_show(value)}, not an object")
-    buckets = value.get("buckets", [])
-    if not isinstance(buckets, list) or len(buckets) > _NBUCKETS:
-        raise _BadFile(f"{what}['buckets'] is not a list of at most {_NBUCKETS} pairs")
-    for pair in buckets:
-        if (
-            not isinstance(pair, list)
-            or len(pair) != 2
-            or type(pair[0]) is not int
-            or not 0 <= pair[0] < _NBUCKETS
-        ):
-            raise _BadFile(f"{what}['buckets'] holds {_show(pair)}, not [bucket, count]")
-        _count(pair[1], f"{what}['buckets'] count")
-    for key in ("zeros", "count"):
-        if key in value:
-            _count(value[key], f"{what}[{key!r}]")
-    for key in ("sum_ms", "max_ms"):
-        if key in value:
-            _number(value[key], f"{what}[{key!r}]")
-
-
-def _check_snapshot(document: Any, pid: int) -> bool:
-    """Whether *document* is a snapshot of this format; :class:`_BadFile` saying
-    what is wrong if it claims to be one and is not."""
-    if not isinstance(document, dict):
-        raise _BadFile(f"it is {_show(document)}, not an object")
-    if document.get("format") != FORMAT:
-        return False  # another version's: not ours to judge
-    if document.get("pid") != pid or type(document.get("pid")) is not int:
-        raise _BadFile(f"its pid is {_show(document.get('pid'))}, not the {pid} of its name")
-    started = document.get("start_time")
-    if started is not None:
-        _count(started, "start_time")
-    for key in ("written", "written_monotonic"):
-        if key in document:
-            _number(document[key], key)
-    pools = document.get("pools")
-    if not isinstance(pools, dict):
-        raise _BadFile(f"pools is {_show(pools)}, not an object")
-    for alias, figures in pools.items():
-        _check_figures(alias, figures, pid)
-    return True
+        raise BadFile(f"it is {st.st_size} bytes, more than the {MAX_FILE_BYTES} allowed", st)
 
 
 # -- writing (in each process with a pool) ---------------------------------------
@@ -622,11 +496,9 @@ def attach(pool: Pool) -> None:
     Reads the current drain generation now, so a drain requested before this pool
     existed is not applied to its fresh connections, and one requested after is.
     """
-    from . import registry
-
-    registry.add_fork_hook(_after_fork)
-    registry.add_retire_hook(_retired)
-    registry.add_exit_hook(_exited)
+    process.add_fork_hook(_after_fork)
+    process.add_retire_hook(_retired)
+    process.add_exit_hook(_exited)
     try:
         dirfd = _writer_dir(stats_dir())
         if dirfd is not None:
@@ -642,7 +514,7 @@ def attach(pool: Pool) -> None:
 
 
 def _retired(pool: Pool) -> None:
-    """The registry retired *pool*: publish at once, so readers stop seeing it.
+    """The process retired *pool*: publish at once, so readers stop seeing it.
     Only a pool this module attached publishes (a bare core pool has no tick)."""
     if pool.on_tick is not None:
         publish(force=True)
@@ -703,7 +575,6 @@ def publish(
     blocks: a thread that finds another one publishing leaves it to it.
     """
     global _last, _last_at, _written, _written_pid
-    from . import registry
 
     if not _lock.acquire(blocking=False):
         if urgent:
@@ -715,12 +586,12 @@ def publish(
         now = time.monotonic()
         pid = os.getpid()
         current = {
-            alias: pool for alias, pool in list(registry.pools.items()) if pool.pid == pid
+            alias: pool for alias, pool in list(process.pools.items()) if pool.pid == pid
         }
         if not (force or urgent) and now - _last_at < MIN_INTERVAL:
             _keep_armed(current)
             return False
-        pools = {alias: registry.pool_figures(pool) for alias, pool in current.items()}
+        pools = {alias: pool_figures(pool) for alias, pool in current.items()}
         if not force and pools == _last and _written_pid == pid:
             # Nothing changed since the last snapshot (a return ticks before its
             # connection counts as returned): if that one showed connections in
@@ -737,7 +608,7 @@ def publish(
         document = {
             "format": FORMAT,
             "pid": pid,
-            "start_time": _start_time(pid),
+            "start_time": start_time(pid),
             "written": time.time(),
             "written_monotonic": now,
             "pools": pools,
@@ -778,9 +649,7 @@ def _keep_armed(current: dict[str, Pool]) -> None:
 
 
 def _rearm_idle() -> None:
-    from . import registry
-
-    for pool in list(registry.pools.values()):
+    for pool in list(process.pools.values()):
         pool.tick_when_idle = True
 
 
@@ -797,7 +666,7 @@ def _remove_own() -> bool:
     removed = False
     if _written is not None and _written_pid == os.getpid():
         try:
-            with _opened(_written.parent, create=False) as dirfd:
+            with opened(_written.parent, create=False) as dirfd:
                 os.unlink(_written.name, dir_fd=dirfd)
             removed = True
         except (OSError, ImproperlyConfigured):
@@ -814,7 +683,7 @@ def _after_fork() -> None:
     _last, _last_at, _written, _written_pid = None, -1e9, None, 0
 
 
-def _proc_stat(pid: int) -> list[bytes] | None:
+def proc_stat(pid: int) -> list[bytes] | None:
     """The fields of ``/proc/<pid>/stat`` after the command name (Linux), the
     process state first; None where there is no such file or it cannot be read.
 
@@ -829,10 +698,10 @@ def _proc_stat(pid: int) -> list[bytes] | None:
         return None
 
 
-def _start_time(pid: int) -> int | None:
+def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (Linux), to tell a
     live process from a new one that reused a dead one's pid."""
-    fields = _proc_stat(pid)
+    fields = proc_stat(pid)
     try:
         # The 22nd field of the line, counting the pid and the command name.
         return None if fields is None else int(fields[19])
@@ -849,13 +718,15 @@ def _drain_file(alias: str) -> str:
     return "drain-" + hashlib.sha256(alias.encode()).hexdigest()[:16] + ".json"
 
 
-def _generation_of(data: Any, alias: str | None) -> tuple[str, int]:
+def generation_of(data: Any, alias: str | None) -> tuple[str, int]:
+    """The alias and generation a drain file holds (*alias*'s, when given), or
+    :class:`BadFile` saying what is wrong with it."""
     if not isinstance(data, dict):
-        raise _BadFile(f"it is {_show(data)}, not an object")
+        raise BadFile(f"it is {shown_briefly(data)}, not an object")
     name = data.get("alias", alias)
     if not isinstance(name, str) or (alias is not None and name != alias):
-        raise _BadFile(f"its alias is {_show(name)}, not {alias!r}")
-    return name, _count(data.get("generation", 0), "generation")
+        raise BadFile(f"its alias is {shown_briefly(name)}, not {alias!r}")
+    return name, checked_count(data.get("generation", 0), "generation")
 
 
 def _read_generation(dirfd: int, alias: str) -> tuple[int, int | None]:
@@ -863,11 +734,11 @@ def _read_generation(dirfd: int, alias: str) -> tuple[int, int | None]:
     (or if it is not a valid drain file: it is then ignored, with a warning)."""
     name = _drain_file(alias)
     try:
-        data, st = _read_json(dirfd, name)
-        return _generation_of(data, alias)[1], st.st_mtime_ns
+        data, st = read_json(dirfd, name)
+        return generation_of(data, alias)[1], st.st_mtime_ns
     except FileNotFoundError:
         return 0, None
-    except _BadFile as exc:
+    except BadFile as exc:
         logger.warning("Pool statistics: ignoring the drain file %s (%s).", name, exc)
         return 0, None
     except OSError:
@@ -902,7 +773,7 @@ def request_drain(alias: str, directory: Path | None = None) -> int:
     import fcntl
 
     directory = directory or stats_dir()
-    with _opened(directory, create=True) as dirfd:
+    with opened(directory, create=True) as dirfd:
         try:
             lock = os.open(
                 ".drain.lock",
@@ -937,120 +808,3 @@ def request_drain(alias: str, directory: Path | None = None) -> int:
         finally:
             os.close(lock)  # and with it the flock
     return generation
-
-
-def drain_generations(directory: Path | None = None) -> dict[str, int]:
-    directory = directory or stats_dir()
-    out: dict[str, int] = {}
-    try:
-        with _opened(directory, create=False) as dirfd:
-            for name in os.listdir(dirfd):
-                if not (name.startswith("drain-") and name.endswith(".json")):
-                    continue
-                st = None
-                try:
-                    data, st = _read_json(dirfd, name)
-                    alias, generation = _generation_of(data, None)
-                except FileNotFoundError:
-                    continue
-                except _BadFile as exc:
-                    _warn_bad(directory, name, exc.st or st, str(exc), "drain file")
-                    continue
-                out[alias] = generation
-    except FileNotFoundError:
-        pass
-    return out
-
-
-# -- reading (poolstats, the Prometheus collector) --------------------------------
-
-_SNAPSHOT_NAME = re.compile(r"([0-9]{1,10})\.json")
-
-
-def read_snapshots(directory: Path | None = None, *, clean: bool = True) -> list[dict[str, Any]]:
-    """Every live process's snapshot, oldest pid first, each with ``age`` (seconds).
-
-    Snapshots of processes that are gone (or whose pid now belongs to another
-    process) are skipped and, with *clean*, deleted. A file that is not a valid
-    snapshot is skipped with a warning naming it. Raises
-    :class:`UntrustedDirectory` for a directory that fails the checks.
-    """
-    directory = directory or stats_dir()
-    try:
-        with _opened(directory, create=False) as dirfd:
-            return _read_all(directory, dirfd, clean)
-    except FileNotFoundError:
-        return []
-
-
-def _read_all(directory: Path, dirfd: int, clean: bool) -> list[dict[str, Any]]:
-    now_wall, now_mono = time.time(), time.monotonic()
-    out = []
-    for name in os.listdir(dirfd):
-        if name.startswith(".tmp-"):
-            if clean:
-                _remove_if_old(dirfd, name, now_wall)
-            continue
-        match = _SNAPSHOT_NAME.fullmatch(name)
-        if match is None:
-            continue
-        pid = int(match.group(1))
-        if not _alive(pid):
-            if clean:
-                _unlink(dirfd, name)
-            continue
-        st = None
-        try:
-            document, st = _read_json(dirfd, name)
-            if not _check_snapshot(document, pid):
-                continue
-        except FileNotFoundError:
-            continue  # its process just exited
-        except _BadFile as exc:
-            _warn_bad(directory, name, exc.st or st, str(exc))
-            continue
-        started = document.get("start_time")
-        if started is not None and _start_time(pid) not in (None, started):
-            if clean:
-                _unlink(dirfd, name)  # the pid was reused
-            continue
-        written = document.get("written_monotonic")
-        if written is not None and written <= now_mono:
-            document["age"] = now_mono - written
-        else:
-            document["age"] = max(0.0, now_wall - float(document.get("written", now_wall)))
-        out.append(document)
-    out.sort(key=lambda d: d["pid"])
-    return out
-
-
-def _alive(pid: int) -> bool:
-    if not 0 < pid < 1 << 31:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError as exc:
-        return exc.errno != errno.ESRCH
-    # A zombie (exited, not yet reaped by its parent) no longer serves anything.
-    # Where its state cannot be read, the signal's answer stands.
-    fields = _proc_stat(pid)
-    return not fields or fields[0] != b"Z"
-
-
-def _unlink(dirfd: int, name: str) -> None:
-    try:
-        os.unlink(name, dir_fd=dirfd)
-    except OSError:
-        pass
-
-
-def _remove_if_old(dirfd: int, name: str, now: float) -> None:
-    try:
-        if now - os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mtime > _TMP_MAX_AGE:
-            os.unlink(name, dir_fd=dirfd)
-    except OSError:
-        pass

@@ -25,13 +25,14 @@ from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.views.decorators.debug import sensitive_variables
 
-from . import conf, drivers, registry
-from . import recorder as _recorder
+from . import drivers, process
+from . import settings as pool_settings
 from .checkout import PoolCheckout, _drivers, application_name
 from .core.pool import Owner, thread_token
+from .toolbar import recorder as _recorder
 
 #: The registry's dict itself (never rebound), one lookup closer for connect().
-_pools = registry.pools
+_pools = process.pools
 #: Never the value of a PASSWORD, so a new wrapper's first connect digests it.
 _NO_PASSWORD = object()
 
@@ -88,7 +89,7 @@ class PooledDatabaseWrapperMixin(PoolCheckout):
     _dpb_owner: Owner | None = None
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
-        settings_dict, config = conf.prepare(settings_dict, alias)
+        settings_dict, config = pool_settings.prepare(settings_dict, alias)
         super().__init__(settings_dict, alias)
         #: A PoolConfig, or the ImproperlyConfigured raised when a pool is needed.
         self._dpb_config = config
@@ -111,7 +112,7 @@ class PooledDatabaseWrapperMixin(PoolCheckout):
         to fail.
         """
         password = self.settings_dict["PASSWORD"]
-        digest = registry.password_digest(password)
+        digest = process.password_digest(password)
         self._dpb_password_digest = digest
         self._dpb_password = password
         return digest
@@ -186,7 +187,7 @@ class PooledDatabaseWrapperMixin(PoolCheckout):
         del settings_dict
         pool = _pools.get(self.alias)
         if pool is None or pool.key != key or pool.pid != getpid():
-            pool = registry.get(self.alias, key, self._dpb_new_pool)
+            pool = process.get(self.alias, key, self._dpb_new_pool)
         options = self.settings_dict["OPTIONS"]
         other_options = options is not pool.context.options_of and options != pool.context.options
         del options  # OPTIONS can hold secrets too (sslpassword, MySQL's password)
@@ -328,7 +329,7 @@ class PooledDatabaseWrapperMixin(PoolCheckout):
 
     def close_pool(self) -> None:
         """Retire this alias's pool (Django calls it before cloning/dropping test DBs)."""
-        registry.retire(self.alias)
+        process.retire(self.alias)
         parent = getattr(super(), "close_pool", None)
         if parent is not None:
             parent()

@@ -33,7 +33,7 @@ import psycopg
 import pytest
 from django.db import connections
 
-from django_poolbackend import registry
+from django_poolbackend import process as pool_process
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The xdist worker this process is ("gw0", "gw1", ...), or "" in a run without
@@ -284,7 +284,7 @@ class Pooled:
 
     @property
     def pool(self) -> Any:
-        return registry.pools[self.alias]
+        return pool_process.pools[self.alias]
 
     def stats(self) -> dict:
         return self.pool.stats()
@@ -350,7 +350,7 @@ class Pooled:
                 wrapper.close()
             except Exception:
                 pass
-        registry.retire(self.alias)
+        pool_process.retire(self.alias)
 
 
 @pytest.fixture(scope="session")

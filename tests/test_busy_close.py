@@ -186,15 +186,15 @@ def test_close_with_a_multi_statement_result_still_to_come_discards(make_pooled,
 
 def test_busy_is_a_listed_close_reason(make_pooled):
     """``pool_stats()`` lists every close reason (zeros included), busy among them."""
-    from django_poolbackend import registry
     from django_poolbackend.core.pool import CLOSE_REASONS
+    from django_poolbackend.figures import pool_figures
 
     assert "busy" in CLOSE_REASONS
     pooled = make_pooled("mysql", max_size=1)
     wrapper = pooled.wrapper()
     wrapper.ensure_connection()
     wrapper.close()
-    assert registry.pool_figures(pooled.pool)["closed_by_reason"]["busy"] == 0
+    assert pool_figures(pooled.pool)["closed_by_reason"]["busy"] == 0
 
 
 def test_a_streaming_result_read_to_its_end_is_pooled(make_pooled):

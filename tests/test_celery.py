@@ -131,7 +131,7 @@ BUG_OPTIONS_POOL = (
     "README's 'only change ENGINE' path), Celery's Django fix-up "
     "(DjangoWorkerFixup._close_database, prefork only) calls connection.close_pool() "
     "before and after every task because settings.DATABASES[alias]['OPTIONS']['pool'] is "
-    "set (conf.prepare() strips it only from the wrapper's copy); the mixin's close_pool() "
+    "set (settings.prepare() strips it only from the wrapper's copy); the mixin's close_pool() "
     "retires the whole pool, so every task opens a new physical connection: no reuse"
 )
 

@@ -13,6 +13,7 @@ import io
 import math
 import threading
 import warnings
+from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from django.core.management.base import SystemCheckError
 from django.db import connections
 from django.test import override_settings
 
-from django_poolbackend import checks, registry
+from django_poolbackend import checks, process
 from django_poolbackend.core.config import MAX_SECONDS, PoolConfig
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
@@ -44,11 +45,11 @@ def _first_use_error(db: dict, alias: str = "x") -> str:
         wrapper = type(connections["default"])(db, alias)  # built early: no error yet
         with pytest.raises(ImproperlyConfigured) as info:
             wrapper.ensure_connection()
-        assert alias not in registry.pools  # nothing opened, nothing leaked
+        assert alias not in process.pools  # nothing opened, nothing leaked
     finally:
         # A value wrongly accepted must not leave its pool to the next case, which
         # would then reuse it instead of validating its own settings.
-        registry.retire(alias)
+        process.retire(alias)
     return str(info.value)
 
 
@@ -189,18 +190,18 @@ def test_options_pool_check_with_another_callable_is_refused():
 def test_options_pool_check_is_translated():
     from psycopg_pool import ConnectionPool
 
-    from django_poolbackend import conf
+    from django_poolbackend import settings as pool_settings
 
     for check, pre_ping in ((ConnectionPool.check_connection, True), (None, False)):
         db = _settings(OPTIONS={"pool": {"check": check}})
-        _, config = conf.prepare(db, "x")
+        _, config = pool_settings.prepare(db, "x")
         assert isinstance(config, PoolConfig) and config.pre_ping is pre_ping
 
 
 def test_options_pool_max_size_none_means_min_size():
-    from django_poolbackend import conf
+    from django_poolbackend import settings as pool_settings
 
-    _, config = conf.prepare(_settings(OPTIONS={"pool": {"min_size": 3, "max_size": None}}), "x")
+    _, config = pool_settings.prepare(_settings(OPTIONS={"pool": {"min_size": 3, "max_size": None}}), "x")
     assert isinstance(config, PoolConfig) and (config.min_size, config.max_size) == (3, 3)
     db = _settings(OPTIONS={"pool": {"max_size": None}})
     message = (
@@ -281,3 +282,23 @@ def test_a_connect_params_hook_may_return_any_mapping(make_pooled, vendor):
     wrapper = pooled.wrapper()
     assert pooled.backend_id(wrapper) in pooled.server_sessions()
     wrapper.close()
+
+
+def test_expected_processes_is_the_django_layers_key_not_the_cores():
+    """The pool never reads expected_processes, so the core config has no such
+    field; the Django layer's config adds it, last, so the allowed keys, the
+    first error and the figures read as they did."""
+    from django_poolbackend import settings as pool_settings
+
+    assert "expected_processes" not in {f.name for f in fields(PoolConfig)}
+    _, config = pool_settings.prepare(_settings(POOL={"expected_processes": 4}), "x")
+    assert isinstance(config, pool_settings.PoolConfig) and config.expected_processes == 4
+    assert list(config.as_dict())[-2:] == ["connect_params", "expected_processes"]
+    # Checked in the same pass as the pool's own keys, before the sizes are compared.
+    _, error = pool_settings.prepare(
+        _settings(POOL={"min_size": 5, "max_size": 2, "expected_processes": 0}), "x"
+    )
+    assert str(error) == (
+        "DATABASES['x']['POOL']['expected_processes'] = 0 is invalid: must be an "
+        "integer >= 1 or None."
+    )

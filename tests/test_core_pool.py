@@ -285,10 +285,12 @@ def test_config_defaults_and_as_dict() -> None:
     out = config.as_dict()
     assert out["reset"] == f"{__name__}._reset_callable"
     assert out["max_size"] == 4
+    # Only the keys the pool reads: expected_processes, a POOL key that only the
+    # system checks read, is the Django layer's (tests/test_config_validation.py).
     assert set(out) == {
         "min_size", "max_size", "timeout", "max_waiting", "max_lifetime",
         "max_idle", "max_uses", "pre_ping", "reset", "leak_timeout",
-        "connect_params", "expected_processes",
+        "connect_params",
     }  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from django.db import connections, transaction
 
-from django_poolbackend import PoolTimeout, registry
+from django_poolbackend import PoolTimeout, process
 from testproject.shop.models import Item
 
 from .conftest import wait_for
@@ -180,7 +180,7 @@ def test_threads_that_never_close_in_atomic_select_for_update_repeatedly(
     assert stats["closed_by_reason"]["leaked"] >= 10
     # Retiring the pool (Django's close_pool() before it drops a test database)
     # closes the connections of threads that ended too: none stays on the server.
-    registry.retire(alias)
+    process.retire(alias)
     wait_for(lambda: not pooled.server_sessions(), what="every session of the pool to end")
 
 

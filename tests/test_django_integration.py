@@ -14,7 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
 from django.db.backends.signals import connection_created
 
-from django_poolbackend import registry
+from django_poolbackend import process
 from django_poolbackend.mysql.base import DatabaseWrapper as MySQLWrapper
 from django_poolbackend.postgresql.base import DatabaseWrapper as PGWrapper
 from testproject.shop.models import Item
@@ -30,7 +30,7 @@ def test_pools_follow_the_switch_to_the_test_databases(vendor):
     with connection.cursor() as cursor:
         cursor.execute(sql)
         assert cursor.fetchone()[0] == connection.settings_dict["TEST"]["NAME"]
-    assert registry.pools[vendor].key[0] == connection.settings_dict["TEST"]["NAME"]
+    assert process.pools[vendor].key[0] == connection.settings_dict["TEST"]["NAME"]
 
 
 def test_orm_and_transactions_behave_as_with_the_stock_engine(vendor):
@@ -211,7 +211,7 @@ def test_invalid_pool_settings_are_named_precisely(pool, message):
     with pytest.raises(ImproperlyConfigured) as info:
         wrapper.ensure_connection()  # first use
     assert str(info.value).startswith(message)
-    assert "x" not in registry.pools  # nothing opened, nothing leaked
+    assert "x" not in process.pools  # nothing opened, nothing leaked
 
 
 def test_both_pool_and_options_pool_is_an_error():
@@ -355,7 +355,7 @@ def test_a_copy_with_other_options_connects_outside_the_pool():
     connection of its own, as with the stock engine, and the pool is untouched."""
     base = connections["default"]
     base.ensure_connection()
-    pool = registry.pools["default"]
+    pool = process.pools["default"]
     before = pool.stats()
     other = base.copy()
     other.settings_dict["OPTIONS"] = {

@@ -20,7 +20,7 @@ from django.db import connections
 from django.db.backends.signals import connection_created
 from django.db.utils import load_backend
 
-from django_poolbackend import PoolTimeout, checks, registry
+from django_poolbackend import PoolTimeout, checks, process
 
 from .conftest import require_module, require_tool
 
@@ -54,7 +54,7 @@ class Engine:
 
     @property
     def pool(self) -> Any:
-        return registry.pools[self.alias]
+        return process.pools[self.alias]
 
     def close(self) -> None:
         for wrapper in self.wrappers:
@@ -62,7 +62,7 @@ class Engine:
             if wrapper.connection is not None and wrapper.is_in_memory_db():
                 wrapper.connection.close()
                 wrapper.connection = None
-        registry.retire(self.alias)
+        process.retire(self.alias)
 
 
 @pytest.fixture
@@ -216,7 +216,7 @@ def test_sqlite_in_memory_databases_are_not_pooled(engines: Any) -> None:
         cursor.execute("CREATE TABLE t (x integer)")
         cursor.execute("INSERT INTO t VALUES (42)")
     assert wrapper._dpb_slot is None
-    assert engine.alias not in registry.pools
+    assert engine.alias not in process.pools
     wrapper.close()  # Django's no-op for in-memory databases: the data stays
     with wrapper.cursor() as cursor:
         cursor.execute("SELECT x FROM t")
@@ -233,7 +233,7 @@ def test_sqlite_reset_full_is_refused_clearly(sqlite: Any, tmp_path: Path) -> No
         "django_poolbackend.sqlite3: a SQLite connection has no server session to reset. "
         "Use 'rollback' (the default) or a dotted path to a callable."
     )
-    assert engine.alias not in registry.pools
+    assert engine.alias not in process.pools
     # The system check reads the same rule: the same message, before any request.
     (error,) = checks.pool_settings_messages({engine.alias: engine.settings_dict})
     assert (error.id, error.msg) == ("django_poolbackend.E001", message)
@@ -267,7 +267,7 @@ def test_sqlite_fork_child_never_uses_or_closes_inherited_connections(tmp_path: 
         import django
         django.setup()
         from django.db import connection
-        from django_poolbackend import registry
+        from django_poolbackend import process
 
         with connection.cursor() as cursor:
             cursor.execute("PRAGMA journal_mode = WAL")
@@ -286,10 +286,10 @@ def test_sqlite_fork_child_never_uses_or_closes_inherited_connections(tmp_path: 
                 cursor.execute("INSERT INTO t VALUES ('child')")
             result = {
                 "own_connection": connection.connection is not inherited,
-                "connects": registry.pools["default"].stats()["connects"],
+                "connects": process.pools["default"].stats()["connects"],
             }
             connection.close()
-            registry.close_all()
+            process.close_all()
             gc.collect()
             result["inherited_open"] = inherited.total_changes >= 0
             os.write(write, json.dumps(result).encode())

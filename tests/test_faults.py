@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from django.db import DatabaseError, OperationalError, connections
 
-from django_poolbackend import PoolTimeout, registry
+from django_poolbackend import PoolTimeout, figures, process
 from django_poolbackend.core import pool as pool_module
 from django_poolbackend.drivers import watchdog
 from django_poolbackend.mysql.base import DatabaseWrapper as MySQLWrapper
@@ -81,7 +81,7 @@ def make_wrapper(private_server, django_db_blocker):
                 wrapper.close()
             except Exception:
                 pass
-        registry.retire(alias)
+        process.retire(alias)
 
 
 def _query(wrapper) -> int:
@@ -118,7 +118,7 @@ def test_server_down_fails_fast_for_every_request(private_server, make_wrapper):
     warm = make_wrapper(max_size=4, timeout=30, pre_ping=True)
     _query(warm)
     warm.close()
-    pool = registry.pools[warm.alias]
+    pool = process.pools[warm.alias]
     private_server.stop()
     try:
         # One request: its idle connection fails the ping, the reconnect is
@@ -203,7 +203,7 @@ def test_connect_backoff_spares_a_down_server(private_server, make_wrapper):
     finally:
         private_server.start()
     assert failures == []  # every request failed with the driver's connection error
-    pool = registry.pools[make_wrapper().alias]  # the alias all clients shared
+    pool = process.pools[make_wrapper().alias]  # the alias all clients shared
     stats = pool.stats()
     dials = stats["connect_errors"]
     # Windows double from BACKOFF_INITIAL up to BACKOFF_MAX, and jitter takes at
@@ -614,10 +614,10 @@ def test_a_corrected_password_connects_at_once_despite_the_back_off():
         assert refused.value.args[0] == 1045  # Access denied
         wrapper.settings_dict["PASSWORD"] = right
         assert _query(wrapper) > 0  # the connection id of a fresh session
-        assert registry.stats(alias)["connect_backoffs"] == 0
+        assert figures.stats(alias)["connect_backoffs"] == 0
     finally:
         wrapper.close()
-        registry.retire(alias)
+        process.retire(alias)
 
 
 @pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
@@ -649,6 +649,6 @@ def test_the_back_off_note_is_on_the_drivers_error_under_djangos(base_alias):
         ]
         assert len(notes) == 1, error.__cause__.__notes__
         assert isinstance(error.__cause__, DRIVER_ERRORS[wrapper.vendor])
-        assert registry.pools[alias].stats()["connect_backoffs"] == 1
+        assert process.pools[alias].stats()["connect_backoffs"] == 1
     finally:
-        registry.retire(alias)
+        process.retire(alias)

@@ -17,7 +17,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
-from django_poolbackend import checks, introspect, publish
+from django_poolbackend import checks, introspect, publish, snapshots
 
 from .conftest import ROOT, wait_for
 from .test_checks import server_limit as independent_limit
@@ -117,15 +117,15 @@ def test_proc_stat_survives_a_command_name_with_a_parenthesis(tmp_path: Path):
     try:
         assert child.stdout is not None and child.stdout.readline() == "named\n"
         assert Path(f"/proc/{child.pid}/comm").read_text() == "x) Z 1 2\n"
-        assert publish._alive(child.pid) is True
-        started = publish._start_time(child.pid)
-        mine = publish._start_time(os.getpid())
+        assert snapshots._alive(child.pid) is True
+        started = publish.start_time(child.pid)
+        mine = publish.start_time(os.getpid())
         assert isinstance(started, int) and isinstance(mine, int) and started >= mine
         assert child.stdin is not None
         child.stdin.close()
         # Not reaped yet (nobody waits for it): a zombie, which serves nothing.
-        wait_for(lambda: not publish._alive(child.pid), what="the child to exit")
-        assert publish._proc_stat(child.pid) is not None
+        wait_for(lambda: not snapshots._alive(child.pid), what="the child to exit")
+        assert publish.proc_stat(child.pid) is not None
     finally:
         child.kill()
         child.wait()

@@ -17,7 +17,7 @@ from django.db import connections
 from django.http import HttpResponse
 from django.test import RequestFactory, override_settings
 
-from django_poolbackend import recorder
+from django_poolbackend.toolbar import recorder
 
 from .conftest import MYSQL_POOL_USER, ROOT, require_module
 
@@ -314,7 +314,7 @@ def test_a_request_without_pooled_queries():
 def test_importing_the_package_does_not_need_the_toolbar():
     code = (
         "import sys; sys.modules['debug_toolbar'] = None\n"
-        "import django_poolbackend, django_poolbackend.recorder\n"
+        "import django_poolbackend, django_poolbackend.toolbar.recorder\n"
         "try:\n"
         "    import django_poolbackend.panels\n"
         "except ImportError as exc:\n"

@@ -31,7 +31,7 @@ from django.db import connections, transaction
 from django.db.utils import OperationalError, ProgrammingError, load_backend
 from django.utils.connection import ConnectionDoesNotExist
 
-from django_poolbackend import checks, pool_stats, registry
+from django_poolbackend import checks, pool_stats, process
 from testproject.shop.models import Item
 
 from .conftest import ROOT, RUN_TAG, require_file, server_env, start_gunicorn, stop, wait_for
@@ -86,7 +86,7 @@ def via_bouncer(bouncer: PrivatePgBouncer, **changes: Any) -> Iterator[str]:
     finally:
         done(alias)
         del _aliases[alias]
-        registry.retire(alias)
+        process.retire(alias)
 
 
 def use(alias: str) -> Any:

@@ -10,7 +10,7 @@ import pytest
 from django.db import OperationalError as DjangoOperationalError
 from django.db import ProgrammingError as DjangoProgrammingError
 
-from django_poolbackend import PoolTimeout
+from django_poolbackend import PoolTimeout, process
 
 from .conftest import wait_for
 
@@ -42,7 +42,7 @@ def test_cap_holds_under_a_burst_of_32_threads(make_pooled, vendor):
     def sample() -> None:
         while not done.is_set():
             peak["server"] = max(peak["server"], len(pooled.server_sessions()))
-            if pooled.alias in __import__("django_poolbackend").registry.pools:
+            if pooled.alias in process.pools:
                 peak["pool"] = max(peak["pool"], pooled.stats()["size"])
 
     def work() -> None:

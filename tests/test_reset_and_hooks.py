@@ -9,7 +9,7 @@ import sys
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from django_poolbackend import registry
+from django_poolbackend import process
 
 from .conftest import ROOT, server_env
 
@@ -103,7 +103,7 @@ def test_a_dotted_path_that_does_not_import_fails_the_first_checkout(make_pooled
     )
     assert "the dotted path of an importable callable" in message
     # Refused before anything was opened: no pool, no session on the server.
-    assert pooled.alias not in registry.pools
+    assert pooled.alias not in process.pools
     assert pooled.server_sessions() == set()
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from django_poolbackend import publish
+from django_poolbackend import publish, snapshots
 
 from .conftest import ROOT, server_env
 
@@ -161,7 +161,7 @@ import json, sys, time
 import django
 django.setup()
 from django.db import connections
-from django_poolbackend import publish, registry
+from django_poolbackend import process as pool_process, publish
 
 def backend():
     with connections["default"].cursor() as cursor:
@@ -171,7 +171,7 @@ def backend():
     return value
 
 before = backend()
-pool = registry.pools["default"]
+pool = pool_process.pools["default"]
 print("ready", flush=True)
 sys.stdin.readline()
 for _ in range(3):
@@ -656,10 +656,10 @@ def test_the_reasons_name_the_field_and_what_is_allowed(tmp_path: Path, sleepers
         if os.path.lexists(path):
             path.unlink()
         CRAFTED[case](path, pid)
-        with pytest.raises(publish._BadFile) as info:
-            with publish._opened(directory, create=False) as dirfd:
-                document, _ = publish._read_json(dirfd, path.name)
-                publish._check_snapshot(document, pid)
+        with pytest.raises(publish.BadFile) as info:
+            with publish.opened(directory, create=False) as dirfd:
+                document, _ = publish.read_json(dirfd, path.name)
+                snapshots._check_snapshot(document, pid)
         reasons[case] = str(info.value)
     assert reasons == {
         "size_many": "pools['default']['size'] is 'many', not a whole number >= 0",

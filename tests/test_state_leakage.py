@@ -36,7 +36,7 @@ from django.db import DatabaseError, connections
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from django_poolbackend import registry
+from django_poolbackend import process
 
 from .conftest import wait_for
 
@@ -789,7 +789,7 @@ def test_full_reset_leaves_nothing_of_any_sequence_of_changes(make_pooled, state
         if b.bid != a.bid or seen != fresh:
             # Whatever leaked must not spoil the next examples (hypothesis shrinks by
             # re-running): start them on a new connection.
-            registry.retire(pooled.alias)
+            process.retire(pooled.alias)
         assert b.bid == a.bid
         assert seen == fresh
 
@@ -913,7 +913,7 @@ def test_with_hold_cursor_of_a_half_read_iterator(make_pooled, reset):
     # The left-over cursor object would send CLOSE on whichever request holds the
     # session when it is closed or collected; retire the pool first, so that it
     # finds its connection closed and sends nothing.
-    registry.retire(pooled.alias)
+    process.retire(pooled.alias)
     cursor.close()
 
 
@@ -994,7 +994,7 @@ def test_pg_prepare_transaction_survives_both_resets(prepared_xacts_server, rese
             assert cursor.fetchall() == [(gid,)]
             cursor.execute(f"ROLLBACK PREPARED '{gid}'")
         wrapper.close()
-        assert registry.pools[alias].stats()["closed_by_reason"] == {}
+        assert process.pools[alias].stats()["closed_by_reason"] == {}
     finally:
         wrapper.close()
-        registry.retire(alias)
+        process.retire(alias)

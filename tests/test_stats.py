@@ -15,9 +15,11 @@ import pytest
 from django.test import override_settings
 
 import django_poolbackend
-from django_poolbackend import publish, registry
+from django_poolbackend import process, publish
 from django_poolbackend.core.pool import CLOSE_REASONS
 from django_poolbackend.core.stats import BOUNDS_MS, Histogram
+from django_poolbackend.figures import pool_figures
+from django_poolbackend.snapshots import read_snapshots
 
 from .conftest import (
     MYSQL_POOL_USER,
@@ -115,7 +117,7 @@ def test_histogram_zeros_and_round_trip() -> None:
 
 
 def test_pool_stats_before_first_use_has_every_key_at_zero(vendor: str) -> None:
-    registry.retire(vendor)
+    process.retire(vendor)
     figures = django_poolbackend.pool_stats(vendor)
     assert_complete(figures)
     assert figures["alias"] == vendor and figures["pid"] == os.getpid()
@@ -211,7 +213,7 @@ def test_pool_stats_figures_after_traffic(make_pooled, vendor: str) -> None:
     thread.join(30)
     assert got
     second.close()
-    figures = registry.pool_figures(pooled.pool)
+    figures = pool_figures(pooled.pool)
     assert_complete(figures)
     assert figures["connects"] == 2 and figures["checkouts"] == 6
     assert figures["connect_ms"]["count"] == 2 and figures["connect_ms"]["max"] > 0
@@ -239,7 +241,7 @@ def test_snapshot_directory_files_and_dead_processes(
         mine = directory / f"{os.getpid()}.json"
         assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
         assert stat.S_IMODE(os.stat(mine).st_mode) == 0o600
-        snapshots = publish.read_snapshots()
+        snapshots = read_snapshots()
         (me,) = [s for s in snapshots if s["pid"] == os.getpid()]
         figures = me["pools"][pooled.alias]
         assert figures["checkouts"] == 1 and figures["connects"] == 1
@@ -248,7 +250,7 @@ def test_snapshot_directory_files_and_dead_processes(
         # A snapshot of a process that is gone is dropped, and removed.
         dead = directory / "999999999.json"
         dead.write_text(mine.read_text().replace(str(os.getpid()), "999999999"))
-        assert [s["pid"] for s in publish.read_snapshots()] == [os.getpid()]
+        assert [s["pid"] for s in read_snapshots()] == [os.getpid()]
         assert not dead.exists()
         # Closing every pool (process exit) withdraws the snapshot.
         publish.withdraw()
@@ -274,7 +276,7 @@ def test_forked_child_never_publishes_or_removes_as_parent(make_pooled, tmp_path
             try:
                 wrote = publish.publish(force=True)  # no pool of its own: nothing
                 publish.withdraw()
-                registry.close_all()
+                process.close_all()
                 os.write(write, json.dumps([wrote, parent_file.exists()]).encode())
                 code = 0
             finally:
@@ -303,12 +305,12 @@ def test_drain_retires_idle_now_and_busy_on_return(
         assert generation == 1
         pooled.pool._tick(0.0)  # what a return or the maintenance tick does
         wait_for(lambda: idle_id not in pooled.server_sessions(), what="the idle one closed")
-        figures = registry.pool_figures(pooled.pool)
+        figures = pool_figures(pooled.pool)
         assert (figures["drain_generation"], figures["drain_pending"]) == (1, 1)
         assert busy_id in pooled.server_sessions()
         busy.close()  # returned: retired, no error
         wait_for(lambda: busy_id not in pooled.server_sessions(), what="the busy one closed")
-        figures = registry.pool_figures(pooled.pool)
+        figures = pool_figures(pooled.pool)
         assert figures["closed_by_reason"]["drained"] == 2 and figures["drain_pending"] == 0
         fresh = pooled.wrapper()
         assert pooled.backend_id(fresh) not in (idle_id, busy_id)
@@ -324,7 +326,7 @@ def test_the_return_that_leaves_the_pool_idle_rewrites_a_busy_snapshot(
     last snapshot), not by the next tick a second later. The maintenance thread
     is paused, so the return is the only thing that could have written it."""
     directory = tmp_path / "idle"
-    maintainer = registry._maintainer
+    maintainer = process._maintainer
     with override_settings(DJANGO_POOLBACKEND_STATS_DIR=str(directory)):
         pooled = make_pooled(vendor, max_size=4)
         wrappers = [pooled.wrapper() for _ in range(3)]
@@ -356,3 +358,25 @@ def test_the_return_that_leaves_the_pool_idle_rewrites_a_busy_snapshot(
         finally:
             maintainer.resume()
             publish.withdraw()
+
+
+def test_zero_figures_match_a_fresh_pools(vendor: str) -> None:
+    """An unused alias's figures are made without a pool: the same keys, in the same
+    order and with the same values, as a pool that has done nothing yet. When the
+    core pool gains a figure, this fails until figures.py has it too."""
+    from django.db import connections
+
+    from django_poolbackend import figures
+    from django_poolbackend import settings as pool_settings
+    from django_poolbackend.core import Pool
+
+    _, config = pool_settings.prepare(connections.settings[vendor], vendor)
+    assert isinstance(config, pool_settings.PoolConfig)
+    where = figures.identity(connections[vendor].vendor, connections.settings[vendor])
+    fresh = Pool(config, None, name=vendor)  # type: ignore[arg-type]  # never used
+    fresh.context.identity = where
+    expected = figures.pool_figures(fresh)
+    zeros = figures.zero_figures(vendor, config, where)
+    assert list(zeros) == list(expected)
+    assert zeros == expected
+    assert list(zeros["closed_by_reason"]) == list(expected["closed_by_reason"])

@@ -16,7 +16,7 @@ import pytest
 from django.db import OperationalError
 from django.views.debug import ExceptionReporter
 
-from django_poolbackend import PoolTimeout, registry
+from django_poolbackend import PoolTimeout, process
 
 from .conftest import free_port
 
@@ -42,8 +42,8 @@ def secret_role(vendor: str) -> Iterator[tuple[str, str]]:
     try:
         yield user, password
     finally:
-        for alias in [a for a in registry.pools if a.startswith("dpb_t")]:
-            registry.retire(alias)
+        for alias in [a for a in process.pools if a.startswith("dpb_t")]:
+            process.retire(alias)
         if vendor == "default":
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
@@ -156,8 +156,8 @@ def test_a_corrected_password_gets_a_pool_of_its_own(make_pooled, vendor, secret
 def test_the_password_digest_is_keyed_per_process():
     import hashlib
 
-    digest = registry.password_digest("hunter2")
-    assert digest == registry.password_digest("hunter2")
-    assert digest != registry.password_digest("hunter3")
+    digest = process.password_digest("hunter2")
+    assert digest == process.password_digest("hunter2")
+    assert digest != process.password_digest("hunter3")
     assert digest != hashlib.sha256(b"hunter2").digest()
     assert b"hunter2" not in digest

@@ -1,6 +1,6 @@
 """A ``prometheus_client`` collector for the pools of every process on this host.
 
-It reads the snapshots each process publishes (``django_poolbackend.publish``), so
+It reads the snapshots each process publishes (``django_poolbackend.snapshots``), so
 one ``/metrics`` endpoint, in any one process, reports every worker's pools,
 labelled by ``alias`` and ``pid``::
 
@@ -37,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 from .. import publish
 from ..core.stats import PROMETHEUS_BOUNDS_S, Histogram
+from ..snapshots import read_snapshots
 
 logger = logging.getLogger("django_poolbackend")
 
@@ -70,7 +71,7 @@ class PoolCollector(Collector):
 
     def _snapshots(self) -> list[dict[str, Any]]:
         try:
-            snapshots = publish.read_snapshots(self.stats_dir)
+            snapshots = read_snapshots(self.stats_dir)
         except (publish.UntrustedDirectory, OSError) as exc:
             # Refused as unsafe, or unreadable (a permission, an I/O error): the
             # scrape goes on without the pools, and the reason is logged once

@@ -1,8 +1,9 @@
 """The pool's settings and their validation.
 
 Kept free of Django so the pool core can be tested with a fake driver; the Django
-layer (``django_poolbackend.conf``) turns a :class:`ConfigError` into an
-``ImproperlyConfigured`` that names the alias.
+layer (``django_poolbackend.settings``) adds the one key only its system checks
+read and turns a :class:`ConfigError` into an ``ImproperlyConfigured`` that names
+the alias. Every field here is one the pool itself reads.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Self
 
 RESET_POLICIES = ("rollback", "full")
 
@@ -63,12 +64,9 @@ class PoolConfig:
     reset: str | Callable[[Any], None] = "rollback"
     leak_timeout: float = 0.0
     connect_params: str | Callable[..., Any] | None = None
-    #: How many processes serve this settings file (for the connection-limit
-    #: system check only; the pool itself never reads it).
-    expected_processes: int | None = None
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any]) -> PoolConfig:
+    def from_mapping(cls, raw: Mapping[str, Any]) -> Self:
         """Validate every key, in a stable order, so the first error is reproducible."""
         if not isinstance(raw, Mapping):
             raise ConfigError(None, raw, "must be a dict of pool settings")
@@ -76,7 +74,7 @@ class PoolConfig:
         for key in raw:
             if key not in known:
                 raise ConfigError(key, raw[key], "unknown key; allowed keys: " + ", ".join(known))
-        values = {key: _VALIDATORS[key](key, raw[key]) for key in known if key in raw}
+        values = {key: cls.validate(key, raw[key]) for key in known if key in raw}
         config = cls(**values)
         if config.min_size > config.max_size:
             raise ConfigError(
@@ -85,6 +83,18 @@ class PoolConfig:
                 f"must not be greater than max_size ({config.max_size})",
             )
         return config
+
+    @classmethod
+    def validate(cls, key: str, value: Any) -> Any:
+        """One key's value, checked and normalised, or a :class:`ConfigError`.
+
+        A layer above that reads more keys from the same dict (the Django layer's
+        ``expected_processes``, which only its system checks read) subclasses this
+        class with fields of its own and extends this method for them, so that
+        every key is still checked in one pass, in field order, before the sizes
+        are compared.
+        """
+        return _VALIDATORS[key](key, value)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe view: callables appear by their dotted name, never by value."""
@@ -163,14 +173,6 @@ def _reset(key: str, value: Any) -> str | Callable[[Any], None]:
     )
 
 
-def _optional_count(key: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(key, value, "must be an integer >= 1 or None")
-    return value
-
-
 def _dotted_or_none(key: str, value: Any) -> str | Callable[..., Any] | None:
     if value is None:
         return None
@@ -194,5 +196,4 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "reset": _reset,
     "leak_timeout": _seconds(optional=False, positive=False),
     "connect_params": _dotted_or_none,
-    "expected_processes": _optional_count,
 }

@@ -97,7 +97,7 @@ class _Watchdogs:
             heapq.heappush(self._heap, (deadline, self._seq, entry))
             self._stopping = False
             if not self._fork_hook and hasattr(os, "register_at_fork"):
-                # Registered at first use, like the registry's own hooks, so it runs
+                # Registered at first use, like process.py's own hooks, so it runs
                 # before any "before fork" hook registered earlier (they run in
                 # reverse order).
                 self._fork_hook = True

@@ -10,7 +10,7 @@ except ImproperlyConfigured as exc:
         "and the GDAL and GEOS libraries (Debian: apt install libgdal32 libgeos-c1v5)."
     ) from exc
 
-from .. import registry
+from .. import process
 from ..checks import register_during_setup
 from ..mixin import PooledDatabaseWrapperMixin
 from ..validation import pooled_validation
@@ -31,7 +31,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, base.DatabaseWrapper):
             existed = cursor.fetchone() is not None
         super().prepare_database()
         if not existed:
-            pool = registry.pools.get(self.alias)
+            pool = process.pools.get(self.alias)
             if pool is not None:
                 pool.drain()
 

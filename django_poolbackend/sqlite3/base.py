@@ -28,7 +28,7 @@ class DatabaseWrapper(PooledDatabaseWrapperMixin, base.DatabaseWrapper):
     validation_class = pooled_validation(base.DatabaseWrapper.validation_class)
 
     # reset="full" is refused where every POOL setting is read
-    # (django_poolbackend.conf), so manage.py check reports it too.
+    # (django_poolbackend.settings), so manage.py check reports it too.
 
     @async_unsafe
     def connect(self) -> None:

@@ -1,18 +1,55 @@
-"""Reading ``DATABASES[alias]["POOL"]`` (or Django's ``OPTIONS["pool"]``) into a PoolConfig.
+"""Reading ``DATABASES[alias]["POOL"]`` (or Django's ``OPTIONS["pool"]``) into a config.
 
-One parser serves the backend, the system checks and the docs' error list, so a
-message reads the same wherever a user meets it.
+:func:`prepare` turns an alias's settings into a :class:`PoolConfig`, or into the
+``ImproperlyConfigured`` that says why there is none. The error's class tells the
+system checks which id reports it: :class:`UnimportablePath` is ``E007``, any
+other ``E001``. One parser serves the backend, the system checks and the docs'
+error list, so a message reads the same wherever a user meets it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .core.config import RESET_POLICIES, ConfigError, PoolConfig, shown
+from .core import config as core_config
+from .core.config import RESET_POLICIES, ConfigError, shown
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig(core_config.PoolConfig):
+    """The core pool's settings, and the one ``POOL`` key that only the system
+    checks read.
+
+    The pool never reads ``expected_processes``, so the Django-free core does not
+    have it; it is still a ``POOL`` key, validated with the others in the same
+    pass (the first error stays the one it always was), listed among the allowed
+    keys, and shown in the figures with the settings in effect.
+    """
+
+    #: How many processes serve this settings file, for the connection-limit
+    #: check (W002).
+    expected_processes: int | None = None
+
+    @classmethod
+    def validate(cls, key: str, value: Any) -> Any:
+        if key == "expected_processes":
+            return _optional_count(key, value)
+        # Named, not super(): a dataclass with slots is a new class, which the
+        # zero-argument form does not know.
+        return core_config.PoolConfig.validate(key, value)
+
+
+def _optional_count(key: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, value, "must be an integer >= 1 or None")
+    return value
 
 #: psycopg_pool options (Django's built-in pool) that mean the same here.
 _SHARED_KEYS = ("min_size", "max_size", "timeout", "max_waiting", "max_lifetime", "max_idle")

@@ -1,16 +1,16 @@
 """This process's pools, one per alias, and what happens to them at fork and exit.
 
 Nothing here runs at import: the fork and exit hooks are installed when the first
-pool is made (process-wide, so a forked child inherits them). The registry offers
+pool is made (process-wide, so a forked child inherits them). The module offers
 three events, a fork, a retired pool and the process's exit, that other modules
 subscribe to (``publish`` does, to keep its snapshot current), so that holding the
-pools does not depend on anything that reads them.
+pools does not depend on anything that reads them. What the pools' figures say is
+:mod:`django_poolbackend.figures`'s business.
 """
 
 from __future__ import annotations
 
 import atexit
-import copy
 import hashlib
 import hmac
 import logging
@@ -24,7 +24,6 @@ from typing import Any
 
 from .core import Pool
 from .core.maintenance import Maintainer
-from .core.pool import CLOSE_REASONS
 
 logger = logging.getLogger("django_poolbackend")
 
@@ -32,7 +31,6 @@ logger = logging.getLogger("django_poolbackend")
 pools: dict[str, Pool] = {}
 _every: weakref.WeakSet[Pool] = weakref.WeakSet()
 _lock = threading.Lock()
-_NO_CLOSES = dict.fromkeys(CLOSE_REASONS, 0)
 _fork_hooks: list[Callable[[], None]] = []
 #: Called with a pool that was retired, and with one of the pools closed at exit.
 _retire_hooks: list[Callable[[Pool], None]] = []
@@ -236,62 +234,3 @@ def _abandon_inherited() -> None:
         pool.abandon()
     for hook in _fork_hooks:
         hook()
-
-
-def stats(alias: str) -> dict[str, Any]:
-    """This process's figures for *alias*: every key always, zeros before first use."""
-    pool = pools.get(alias)
-    if pool is not None and pool.pid == os.getpid():
-        return pool_figures(pool)
-    return _unused_figures(alias)
-
-
-def identity(vendor: str, settings_dict: dict[str, Any]) -> dict[str, str]:
-    """Where a pool connects, for figures and snapshots: never the password."""
-    return {
-        "vendor": vendor,
-        "host": str(settings_dict.get("HOST") or ""),
-        "port": str(settings_dict.get("PORT") or ""),
-        "database": str(settings_dict.get("NAME") or ""),
-        "user": str(settings_dict.get("USER") or ""),
-    }
-
-
-_NO_IDENTITY = {"vendor": "", "host": "", "port": "", "database": "", "user": ""}
-
-
-def pool_figures(pool: Pool) -> dict[str, Any]:
-    out: dict[str, Any] = {"alias": pool.name, "pid": os.getpid()}
-    identity = pool.context.identity
-    out.update(_NO_IDENTITY if identity is None else identity)
-    out.update(pool.config.as_dict())
-    out.update(pool.stats())
-    out["closed_by_reason"] = {**_NO_CLOSES, **out["closed_by_reason"]}
-    out["drain_generation"] = pool.context.drain_generation
-    return out
-
-
-def _unused_figures(alias: str) -> dict[str, Any]:
-    from django.core.exceptions import ImproperlyConfigured
-    from django.db import connections
-
-    from .aliases import is_pooled_alias, pooled_aliases
-    from .conf import prepare
-
-    connections[alias]  # ConnectionDoesNotExist for an alias not in DATABASES
-    settings_dict = connections.settings[alias]
-    if not is_pooled_alias(alias):
-        # By the wrapper's class: a backend composed with the mixin is pooled too.
-        raise ValueError(
-            f"DATABASES[{alias!r}] does not use a pooled ENGINE (its DatabaseWrapper "
-            "is not a PooledDatabaseWrapperMixin), so it has no pool; pooled aliases: "
-            f"{', '.join(pooled_aliases()) or 'none'}."
-        )
-    _, config = prepare(settings_dict, alias)
-    if isinstance(config, ImproperlyConfigured):
-        # A copy of the error itself: the same class (a subclass stays one) and
-        # message, without the tracebacks of earlier raises.
-        raise copy.copy(config)
-    unused = Pool(config, None, name=alias)  # type: ignore[arg-type]
-    unused.context.identity = identity(connections[alias].vendor, settings_dict)
-    return pool_figures(unused)
