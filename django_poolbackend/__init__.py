@@ -2,11 +2,18 @@
 
 from typing import Any
 
-from .errors import PoolClosed, PoolTimeout, TooManyRequests
+from .errors import PoolClosed, PoolTimeout, SessionStateLost, TooManyRequests
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["PoolClosed", "PoolTimeout", "TooManyRequests", "pool_stats"]
+__all__ = [
+    "PoolClosed",
+    "PoolTimeout",
+    "SessionStateLost",
+    "TooManyRequests",
+    "pinned",
+    "pool_stats",
+]
 
 
 def pool_stats(alias: str = "default") -> dict[str, Any]:
@@ -15,3 +22,11 @@ def pool_stats(alias: str = "default") -> dict[str, Any]:
     from .figures import stats
 
     return stats(alias)
+
+
+def pinned(using: str | None = None) -> Any:
+    """Keep *using*'s connection until the end of the request, with
+    ``POOL['release'] = 'transaction'`` (see :func:`django_poolbackend.release.pinned`)."""
+    from .release import pinned as _pinned
+
+    return _pinned(using)

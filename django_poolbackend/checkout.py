@@ -158,15 +158,28 @@ class PoolCheckout(_WrapperBase):
         added to the same event."""
         self.__dict__["_dpb_recording"] = mark
 
+    def pool_peek_recording(self) -> Any:
+        """The recorder's mark of the current checkout, kept; None when the
+        checkout was not recorded."""
+        return self.__dict__.get("_dpb_recording")
+
     def pool_take_recording(self) -> Any:
         """The recorder's mark of the current checkout, forgotten here; None when
         the checkout was not recorded."""
         return self.__dict__.pop("_dpb_recording", None)
 
+    #: True while a connection is being set up: Django's own set-up statements
+    #: (MySQL's ``SET``) pin nothing and release nothing in transaction mode.
+    _dpb_initialising = False
+
     def _dpb_initialise(self) -> None:
-        self.set_autocommit(self.settings_dict["AUTOCOMMIT"])
-        self.init_connection_state()
-        connection_created.send(sender=self.__class__, connection=self)
+        self._dpb_initialising = True
+        try:
+            self.set_autocommit(self.settings_dict["AUTOCOMMIT"])
+            self.init_connection_state()
+            connection_created.send(sender=self.__class__, connection=self)
+        finally:
+            self._dpb_initialising = False
 
     def _dpb_clean(self, slot: Slot) -> tuple[str | None, bool]:
         """Make the connection fit for the next borrower, or say why it isn't.
@@ -293,6 +306,11 @@ class PoolCheckout(_WrapperBase):
         self.needs_rollback = False
         self.closed_in_transaction = False
         self.run_on_commit = []
+        # Transaction-scoped release: no pin, cursor or request of the parent's.
+        self.__dict__.update(
+            _dpb_pin=None, _dpb_cursors=0, _dpb_request_checkouts=0, _dpb_last=None,
+            _dpb_request_pool=None,
+        )  # fmt: skip
 
 
 _POOL_HINT = (

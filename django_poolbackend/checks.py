@@ -17,6 +17,8 @@ Ids are stable and never reused:
 ``E006``  (database)     PgBouncer in transaction mode with ``OPTIONS["assume_role"]``
 ``E007``                 a dotted path in ``reset`` or ``connect_params`` does not import
 ``W006``                 a leftover ``POOL_OPTIONS`` of django-db-connection-pool
+``W007``                 ``release="transaction"`` with ``ATOMIC_REQUESTS``: no request can release
+``E008``                 ``release="transaction"`` with ``AUTOCOMMIT=False``: nothing can release
 ======================== ===================================================================
 
 The static checks read settings (E007 also imports the dotted paths they name,
@@ -155,6 +157,19 @@ def pool_settings_messages(databases: dict[str, dict[str, Any]]) -> list[checks.
                     id="django_poolbackend.E001",
                 )
             )
+        elif config.release == "transaction" and db.get("AUTOCOMMIT", True) is False:
+            errors.append(
+                checks.Error(
+                    f"DATABASES[{alias!r}] sets POOL['release'] = 'transaction' and "
+                    "AUTOCOMMIT = False: without autocommit every statement opens a "
+                    "transaction that only the code's own commit() ends, and Django "
+                    "never turns autocommit back on, so no connection could ever go "
+                    "back to the pool before the end of the request.",
+                    hint="Keep AUTOCOMMIT = True (Django's default) to release "
+                    "connections between transactions, or use release = 'request'.",
+                    id="django_poolbackend.E008",
+                )
+            )
         errors.extend(settings_warnings(alias, db))
         errors.extend(_stock_pool_messages(alias, db))
     return errors
@@ -180,7 +195,29 @@ def settings_warnings(alias: str, db: dict[str, Any]) -> list[checks.CheckMessag
         )
     if "POOL_OPTIONS" in db:
         out.append(_pool_options_message(alias, db["POOL_OPTIONS"]))
+    if db.get("ATOMIC_REQUESTS") and _release_mode(db) == "transaction":
+        out.append(
+            checks.Warning(
+                f"DATABASES[{alias!r}] sets POOL['release'] = 'transaction' and "
+                "ATOMIC_REQUESTS = True: every request is one transaction, so its "
+                "connection goes back only at the end of the request, as with "
+                "release = 'request'. Only code outside requests (management "
+                "commands, Celery tasks) releases between transactions.",
+                hint="Turn ATOMIC_REQUESTS off and wrap the views that need it in "
+                "transaction.atomic(), or leave release at 'request'.",
+                id="django_poolbackend.W007",
+            )
+        )
     return out
+
+
+def _release_mode(db: dict[str, Any]) -> Any:
+    """POOL['release'] as given (or in OPTIONS['pool']), unvalidated: E001 says
+    what is wrong with a bad value."""
+    raw = db.get("POOL")
+    if raw is None:
+        raw = (db.get("OPTIONS") or {}).get("pool")
+    return raw.get("release") if isinstance(raw, dict) else None
 
 
 #: The (pid, alias) pairs whose settings warnings this process has logged.

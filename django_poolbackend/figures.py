@@ -34,8 +34,10 @@ _ZERO_BEFORE_REASONS = (
     "size", "idle", "in_use", "waiting", "requests", "checkouts", "waits",
     "timeouts", "rejected", "connects", "connect_errors", "connect_backoffs", "closed",
 )  # fmt: skip
-_ZERO_AFTER_REASONS = ("pings", "ping_failures", "resets", "leaks", "drains", "drain_pending")
-_TIMINGS = ("wait_ms", "hold_ms", "connect_ms")
+_ZERO_AFTER_REASONS = (
+    "pings", "ping_failures", "resets", "leaks", "drains", "releases", "pins", "drain_pending",
+)  # fmt: skip
+_TIMINGS = ("wait_ms", "hold_ms", "connect_ms", "checkouts_per_request")
 
 
 def stats(alias: str) -> dict[str, Any]:
@@ -77,6 +79,7 @@ def zero_figures(alias: str, config: PoolConfig, where: dict[str, str]) -> dict[
     out.update(dict.fromkeys(_ZERO_BEFORE_REASONS, 0))
     out["closed_by_reason"] = dict(_NO_CLOSES)
     out.update(dict.fromkeys(_ZERO_AFTER_REASONS, 0))
+    out["pins"] = {}  # by reason: none yet
     for key in _TIMINGS:
         out[key] = Histogram().summary()
     out["drain_generation"] = 0

@@ -183,11 +183,11 @@ _COUNTS = frozenset(
         "size", "idle", "in_use", "waiting", "requests", "checkouts", "waits",
         "timeouts", "rejected", "connects", "connect_errors", "connect_backoffs",
         "closed", "pings", "ping_failures", "resets", "leaks", "drains",
-        "drain_pending", "drain_generation", "min_size", "max_size",
+        "drain_pending", "drain_generation", "min_size", "max_size", "releases",
     }
 )  # fmt: skip
 _STRINGS = frozenset({"alias", "vendor", "host", "port", "database", "user"})
-_TIMINGS = frozenset({"wait_ms", "hold_ms", "connect_ms"})
+_TIMINGS = frozenset({"wait_ms", "hold_ms", "connect_ms", "checkouts_per_request"})
 _NBUCKETS = len(BOUNDS_MS) + 1
 
 
@@ -233,7 +233,7 @@ def _check_figures(alias: str, figures: Any, pid: int) -> None:
                     checked_count(part_value, f"{what}['count']")
                 else:
                     _number(part_value, f"{what}[{part!r}]")
-        elif key == "closed_by_reason":
+        elif key in ("closed_by_reason", "pins"):
             if not isinstance(value, dict):
                 raise BadFile(f"{what} is {shown_briefly(value)}, not an object")
             for reason, count in value.items():

@@ -21,6 +21,7 @@ import time
 from os import getpid
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.views.decorators.debug import sensitive_variables
@@ -29,6 +30,8 @@ from . import drivers, process
 from . import settings as pool_settings
 from .checkout import PoolCheckout, _drivers, application_name
 from .core.pool import Owner, thread_token
+from .errors import PoolTimeout
+from .release import TransactionRelease
 from .toolbar import recorder as _recorder
 
 #: The registry's dict itself (never rebound), one lookup closer for connect().
@@ -37,12 +40,17 @@ _pools = process.pools
 _NO_PASSWORD = object()
 
 
-class PooledDatabaseWrapperMixin(PoolCheckout):
+class PooledDatabaseWrapperMixin(TransactionRelease, PoolCheckout):
     """Pooling for the Django ``DatabaseWrapper`` it is composed in front of.
 
     It overrides only Django's own hooks (``connect()``, ``_close()``,
     ``is_usable()``, ``chunked_cursor()``, ``close_pool()``, the thread-sharing
-    pair and ``get_connection_params()``). Everything else it needs lives in
+    pair and ``get_connection_params()``). In transaction mode
+    (``POOL["release"] = "transaction"``) a wrapper also takes over four more of
+    Django's hooks, ``make_cursor()``, ``make_debug_cursor()``, ``set_autocommit()``
+    and ``close_if_unusable_or_obsolete()``, on itself only
+    (:meth:`~django_poolbackend.release.TransactionRelease._dpb_take_over_hooks`),
+    so that the default mode pays nothing for them. Everything else it needs lives in
     attributes and methods named ``_dpb_*``: the prefix keeps them out of the way
     of the wrapper it is mixed into and of any other mixin, since the one
     instance carries Django's attributes, the backend's and ours. They are
@@ -74,7 +82,10 @@ class PooledDatabaseWrapperMixin(PoolCheckout):
       ``_dpb_new_pool``, ``_dpb_remember_state``, ``_dpb_digest_password`` and
       ``_dpb_forget_inherited`` are the steps of a checkout, a return and a fork;
       ``_dpb_open`` and ``_dpb_params`` are the old names of
-      :meth:`pool_open_connection` and :meth:`pool_connect_params`.
+      :meth:`pool_open_connection` and :meth:`pool_connect_params`;
+    - the names of transaction-scoped release (``_dpb_release``, ``_dpb_pin``,
+      ``_dpb_cursors``, …) are explained on
+      :class:`~django_poolbackend.release.TransactionRelease`.
     """
 
     #: Whether this backend is pooled: read with ``getattr(cls,
@@ -102,6 +113,15 @@ class PooledDatabaseWrapperMixin(PoolCheckout):
         self._dpb_driver = driver
         self._dpb_thread = self._dpb_owner = thread_token()
         self._dpb_password = _NO_PASSWORD
+        # Transaction-scoped release, decided once per wrapper (a settings error
+        # is raised at the first checkout instead).
+        self._dpb_release = (
+            self._dpb_pooled
+            and not isinstance(config, ImproperlyConfigured)
+            and config.release == "transaction"
+        )
+        if self._dpb_release:
+            self._dpb_take_over_hooks()
 
     @sensitive_variables("password")
     def _dpb_digest_password(self) -> bytes:
@@ -198,14 +218,24 @@ class PooledDatabaseWrapperMixin(PoolCheckout):
             # outside the pool, exactly as the stock engine opens it.
             return super().connect()
         self.connection = None
-        if _recorder.active:  # a debug-toolbar panel is recording somewhere
-            slot = _recorder.checkout(self, pool)
-        else:
-            slot = pool.getconn(self.pool_open_connection)
+        try:
+            if _recorder.active:  # a debug-toolbar panel is recording somewhere
+                slot = _recorder.checkout(self, pool)
+            else:
+                slot = pool.getconn(self.pool_open_connection)
+        except PoolTimeout as exc:
+            if self._dpb_request_checkouts:
+                # Transaction mode, and not the request's first checkout.
+                raise self._dpb_nth_checkout(exc) from None
+            raise
         self._dpb_slot = slot
         # The thread this wrapper belongs to, so that the pool can reclaim the
         # connection if that thread ends holding it (None while shared).
         slot.owner = self._dpb_owner
+        if self._dpb_release and not self._dpb_checked_out(slot, self.connection is None):
+            # The server hung up on it while it sat in the pool: it is discarded,
+            # and this checkout takes another (a new one if none is idle).
+            return self.connect()
         if self.connection is None:
             # Reused: set up when it was opened; only our side needs syncing.
             self.connection = slot.conn
@@ -250,6 +280,8 @@ class PooledDatabaseWrapperMixin(PoolCheckout):
             super()._close()  # type: ignore[misc]  # not in django-stubs
             return
         self._dpb_slot = None
+        self._dpb_pin = None
+        self._dpb_cursors = 0
         discard: str | None
         if self._dpb_failed_check:
             self._dpb_failed_check = False

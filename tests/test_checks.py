@@ -681,7 +681,7 @@ DATABASES = {{
 E001_MAXSIZE = (
     "?: (django_poolbackend.E001) DATABASES['default']['POOL'] has an unknown key "
     "'maxsize': allowed keys are min_size, max_size, timeout, max_waiting, max_lifetime, "
-    "max_idle, max_uses, pre_ping, reset, leak_timeout, connect_params, expected_processes."
+    "max_idle, max_uses, pre_ping, reset, leak_timeout, connect_params, release, expected_processes."
     "\n\tHINT: Fix the pool settings; the documentation's configuration reference lists "
     "every key with its type and default.\n"
 )

@@ -293,7 +293,7 @@ def test_expected_processes_is_the_django_layers_key_not_the_cores():
     assert "expected_processes" not in {f.name for f in fields(PoolConfig)}
     _, config = pool_settings.prepare(_settings(POOL={"expected_processes": 4}), "x")
     assert isinstance(config, pool_settings.PoolConfig) and config.expected_processes == 4
-    assert list(config.as_dict())[-2:] == ["connect_params", "expected_processes"]
+    assert list(config.as_dict())[-3:] == ["connect_params", "release", "expected_processes"]
     # Checked in the same pass as the pool's own keys, before the sizes are compared.
     _, error = pool_settings.prepare(
         _settings(POOL={"min_size": 5, "max_size": 2, "expected_processes": 0}), "x"

@@ -290,7 +290,7 @@ def test_config_defaults_and_as_dict() -> None:
     assert set(out) == {
         "min_size", "max_size", "timeout", "max_waiting", "max_lifetime",
         "max_idle", "max_uses", "pre_ping", "reset", "leak_timeout",
-        "connect_params",
+        "connect_params", "release",
     }  # fmt: skip
 
 
@@ -1182,6 +1182,7 @@ def test_stats_keys_and_consistency() -> None:
         "timeouts", "rejected", "connects", "connect_errors", "connect_backoffs", "closed",
         "closed_by_reason", "pings", "ping_failures", "resets", "leaks",
         "drains", "drain_pending", "wait_ms", "hold_ms", "connect_ms",
+        "releases", "pins", "checkouts_per_request",
     }  # fmt: skip
     assert all(v == 0 for v in s.values() if not isinstance(v, dict))
     assert s["closed_by_reason"] == {}

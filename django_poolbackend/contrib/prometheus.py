@@ -52,6 +52,11 @@ COUNTERS = (
     ("django_pool_ping_failures", "ping_failures", "Liveness checks that failed."),
     ("django_pool_resets", "resets", "Returns that cost a round trip to clean up."),
     ("django_pool_leaks", "leaks", "Connections held longer than leak_timeout."),
+    (
+        "django_pool_releases",
+        "releases",
+        "Returns between two transactions of a request (release='transaction').",
+    ),
 )
 
 

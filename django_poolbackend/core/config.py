@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields
 from typing import Any, Self
 
 RESET_POLICIES = ("rollback", "full")
+#: When a borrower gives its connection back: at its end, or between transactions.
+RELEASE_MODES = ("request", "transaction")
 
 #: The largest number of seconds any seconds key accepts: the longest wait a
 #: ``threading`` lock accepts on this platform (about 292 years on Linux, 49 days on
@@ -64,6 +66,9 @@ class PoolConfig:
     reset: str | Callable[[Any], None] = "rollback"
     leak_timeout: float = 0.0
     connect_params: str | Callable[..., Any] | None = None
+    #: "request": back when Django closes the connection; "transaction": also
+    #: between the borrower's transactions (the Django layer does that part).
+    release: str = "request"
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> Self:
@@ -173,6 +178,12 @@ def _reset(key: str, value: Any) -> str | Callable[[Any], None]:
     )
 
 
+def _release(key: str, value: Any) -> str:
+    if isinstance(value, str) and value in RELEASE_MODES:
+        return value
+    raise ConfigError(key, value, 'must be "request" or "transaction"')
+
+
 def _dotted_or_none(key: str, value: Any) -> str | Callable[..., Any] | None:
     if value is None:
         return None
@@ -196,4 +207,5 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "reset": _reset,
     "leak_timeout": _seconds(optional=False, positive=False),
     "connect_params": _dotted_or_none,
+    "release": _release,
 }

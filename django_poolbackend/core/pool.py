@@ -268,6 +268,11 @@ class Pool:
         self._leaks = 0
         self._closes: dict[str, int] = {}
         self._drains = 0
+        # Transaction-scoped release (the Django layer's release setting): returns
+        # between a request's transactions, pins by reason, checkouts per request.
+        self._releases = 0
+        self._pins: dict[str, int] = {}
+        self._per_request = Histogram()
         # Timings in ms, written with the lock held like the counters. Waits are
         # timed only when a checkout really waited (the others count as zeros).
         self._wait_ms = Histogram()
@@ -602,11 +607,15 @@ class Pool:
 
     # -- checkin ----------------------------------------------------------------
 
-    def putconn(self, slot: Slot, discard: str | None = None, reset: bool = False) -> None:
+    def putconn(
+        self, slot: Slot, discard: str | None = None, reset: bool = False, released: bool = False
+    ) -> None:
         """Take a connection back. *discard* names why it must be closed instead.
 
         The caller has already cleaned the connection (rolled back, reset); *reset*
-        says whether that cost a round trip, for the counters.
+        says whether that cost a round trip, for the counters. *released* says the
+        borrower gives it back between two of its transactions rather than at its
+        end (transaction-scoped release), also for the counters.
         """
         if self._abandoned or slot.closed:
             return
@@ -648,6 +657,8 @@ class Pool:
         with self._lock:
             if reset:
                 self._resets += 1
+            if released:
+                self._releases += 1
             if slot.uses:
                 # Histogram.add(), inlined: this is every request's return.
                 held = (now - slot.checked_out_at) * 1000.0
@@ -959,6 +970,7 @@ class Pool:
             wait_ms = self._wait_ms.copy()
             hold_ms = self._hold_ms.copy()
             connect_ms = self._connect_ms.copy()
+            per_request = self._per_request.copy()
             out: dict[str, Any] = {
                 "size": size,
                 "idle": idle,
@@ -979,6 +991,8 @@ class Pool:
                 "resets": self._resets,
                 "leaks": self._leaks,
                 "drains": self._drains,
+                "releases": self._releases,
+                "pins": dict(self._pins),
                 "drain_pending": sum(1 for slot in self._slots if slot.expires < 0),
             }
         # Checkouts that never queued waited 0 ms; they are counted, not timed.
@@ -986,7 +1000,20 @@ class Pool:
         out["wait_ms"] = wait_ms.summary(zeros)
         out["hold_ms"] = hold_ms.summary()
         out["connect_ms"] = connect_ms.summary()
+        out["checkouts_per_request"] = per_request.summary()
         return out
+
+    # -- transaction-scoped release ----------------------------------------------
+
+    def note_pin(self, reason: str) -> None:
+        """Count a borrower that pinned its connection until its end, by why."""
+        with self._lock:
+            self._pins[reason] = self._pins.get(reason, 0) + 1
+
+    def note_request(self, checkouts: int) -> None:
+        """Record how many checkouts one request (or task) of a borrower made."""
+        with self._lock:
+            self._per_request.add(float(checkouts))
 
     def wait_histogram(self) -> dict[str, Any]:
         """The checkout wait times in published (mergeable) form."""

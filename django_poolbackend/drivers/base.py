@@ -10,6 +10,7 @@ round trip), and a ping is the protocol's lightest message.
 from __future__ import annotations
 
 import os
+import select
 from typing import Any
 
 #: What ``Driver.state()`` says of a connection being returned. BUSY is one in
@@ -80,6 +81,22 @@ class Driver:
         whenever in doubt (the caller then asks the long way), and always for a
         BUSY connection."""
         return False
+
+    def dropped(self, conn: Any) -> bool:
+        """Whether the server may have hung up on an idle connection: its socket
+        is readable, although an idle session is sent nothing (a terminated
+        session gets an error message and an end of file). One ``poll()`` with no
+        wait, no round trip; the caller confirms with a ping, as a TLS layer can
+        leave bytes of its own unread."""
+        try:
+            fd = conn.fileno()
+        except Exception:
+            return False
+        if fd < 0:
+            return True
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
 
     def behind_proxy(self, conn: Any) -> bool:
         """Whether a connection proxy (PgBouncer, …) stands between *conn* and the

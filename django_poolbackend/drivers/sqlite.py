@@ -37,6 +37,9 @@ class SQLiteDriver(Driver):
         except Exception:
             return False
 
+    def dropped(self, conn: Any) -> bool:
+        return False  # no server to hang up
+
     def ping(self, conn: Any, timeout: float) -> None:
         # Nothing on the other side can die; this proves the handle is open and
         # the library answers. It reads no page and takes no lock, so a writer

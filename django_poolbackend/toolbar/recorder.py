@@ -72,6 +72,10 @@ def _new_alias() -> dict[str, Any]:
         "server_ids": [],
         "events": [],
         "events_dropped": 0,
+        # Transaction-scoped release: returns between transactions, and the pin
+        # (why, and the statement that caused it) if the request was pinned.
+        "releases": 0,
+        "pins": [],
     }
 
 
@@ -103,7 +107,8 @@ class Recorder:
         with self._lock:
             return {
                 name: {**entry, "server_ids": list(entry["server_ids"]),
-                       "events": [dict(e) for e in entry["events"]]}
+                       "events": [dict(e) for e in entry["events"]],
+                       "pins": [dict(p) for p in entry["pins"]]}
                 for name, entry in self.aliases.items()
             }  # fmt: skip
 
@@ -199,6 +204,7 @@ def checkout(wrapper: Any, pool: Any) -> Any:
                 "hold_ms": None,
                 "reset": None,
                 "discarded": None,
+                "released": None,
             },
         )
         recorder._outstanding += 1
@@ -206,14 +212,29 @@ def checkout(wrapper: Any, pool: Any) -> Any:
     return slot
 
 
-def checkin(wrapper: Any, discard: str | None, reset: bool) -> None:
-    """Note a return by a wrapper whose checkout was recorded."""
+def checkin(wrapper: Any, discard: str | None, reset: bool, released: bool = False) -> None:
+    """Note a return by a wrapper whose checkout was recorded; *released* when it
+    went back between two transactions of the request (transaction mode)."""
     mark = wrapper.pool_take_recording()
     if mark is not None:
-        _settle(wrapper, mark, discard, reset)
+        _settle(wrapper, mark, discard, reset, released)
 
 
-def _settle(wrapper: Any, mark: Any, discard: str | None, reset: bool) -> None:
+def pinned(wrapper: Any, reason: str, statement: str | None) -> None:
+    """Note that the current request pinned *wrapper*'s connection, and why.
+    *statement* is already made safe to show (literals masked, cut short)."""
+    mark = wrapper.pool_peek_recording()
+    if mark is None:
+        return
+    recorder, index, _ = mark
+    with recorder._lock:
+        entry = recorder.alias(wrapper.alias)
+        entry["pins"].append({"reason": reason, "statement": statement, "checkout": index + 1})
+
+
+def _settle(
+    wrapper: Any, mark: Any, discard: str | None, reset: bool, released: bool = False
+) -> None:
     """Add a return to the event its checkout recorded (*mark* says where)."""
     recorder, index, checked_out_at = mark
     hold_ms = (monotonic() - checked_out_at) * 1000.0
@@ -225,11 +246,14 @@ def _settle(wrapper: Any, mark: Any, discard: str | None, reset: bool) -> None:
             entry["resets"] += 1
         if discard is not None:
             entry["discarded"] += 1
+        if released:
+            entry["releases"] += 1
         if index < len(entry["events"]):
             event = entry["events"][index]
             event["hold_ms"] = round(hold_ms, 3)
             event["reset"] = reset
             event["discarded"] = discard
+            event["released"] = released
         recorder._outstanding -= 1
         late = recorder.finished
         done = recorder._done()

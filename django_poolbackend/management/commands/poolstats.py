@@ -120,6 +120,7 @@ def render_table(document: dict[str, Any]) -> str:
         )
     )
     lines.append(LEGEND)
+    lines.extend(_release_lines(rows))
     for alias, drain in document["drains"].items():
         if drain["generation"]:
             lines.append(
@@ -128,6 +129,28 @@ def render_table(document: dict[str, Any]) -> str:
                 f"{drain['connections_pending']} older connections still checked out."
             )
     return "\n".join(lines)
+
+
+def _release_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per alias whose pools give connections back per transaction:
+    the mode, and how often its requests pinned (POOL['release'])."""
+    lines = []
+    aliases: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("release") == "transaction":
+            aliases.setdefault(str(row.get("alias", "")), []).append(row)
+    for alias, of_alias in aliases.items():
+        releases = sum(r.get("releases", 0) for r in of_alias if isinstance(r.get("releases"), int))
+        pins: dict[str, int] = {}
+        for row in of_alias:
+            for reason, count in (row.get("pins") or {}).items():
+                pins[reason] = pins.get(reason, 0) + count
+        pinned = ", ".join(f"{reason} {count}" for reason, count in sorted(pins.items()))
+        lines.append(
+            f"Release of {alias!r}: per transaction; {releases} returns between "
+            f"transactions; pins: {pinned or 'none'}."
+        )
+    return lines
 
 
 # -- the server's own view ---------------------------------------------------------
