@@ -126,7 +126,7 @@ class PoolCheckout(_WrapperBase):
             raise _without_inner_frames(exc)  # noqa: B904 - the same error, raised again
         self.connection = conn
         try:
-            self._dpb_initialise()
+            self._dpb_set_up()
         except BaseException:
             self.connection = None
             self._dpb_driver.close(conn)
@@ -172,14 +172,19 @@ class PoolCheckout(_WrapperBase):
     #: (MySQL's ``SET``) pin nothing and release nothing in transaction mode.
     _dpb_initialising = False
 
-    def _dpb_initialise(self) -> None:
+    def _dpb_set_up(self) -> None:
+        """:meth:`_dpb_initialise`, marked as set-up for transaction release."""
         self._dpb_initialising = True
         try:
-            self.set_autocommit(self.settings_dict["AUTOCOMMIT"])
-            self.init_connection_state()
-            connection_created.send(sender=self.__class__, connection=self)
+            self._dpb_initialise()
         finally:
             self._dpb_initialising = False
+
+    def _dpb_initialise(self) -> None:
+        # Django's own steps, in its order (tests/test_django_contract.py).
+        self.set_autocommit(self.settings_dict["AUTOCOMMIT"])
+        self.init_connection_state()
+        connection_created.send(sender=self.__class__, connection=self)
 
     def _dpb_clean(self, slot: Slot) -> tuple[str | None, bool]:
         """Make the connection fit for the next borrower, or say why it isn't.

@@ -247,7 +247,7 @@ class PooledDatabaseWrapperMixin(TransactionRelease, PoolCheckout):
                 # A "full" reset wiped the session: set it up again.
                 slot.needs_init = False
                 try:
-                    self._dpb_initialise()
+                    self._dpb_set_up()
                 except BaseException:
                     self._dpb_slot = None
                     self.connection = None
